@@ -1,0 +1,1 @@
+"""A four-stage DVC pipeline that trains a NumPy neural network on MNIST."""

