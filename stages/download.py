@@ -23,7 +23,7 @@ def check_url(url: str) -> None:
 
 
 class _SafeRedirects(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001, ANN201
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
         check_url(newurl)
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
@@ -50,12 +50,12 @@ def download(
         try:
             _transfer(url, dest, max_bytes, timeout)
             return
-        except _Retryable as err:
+        except _RetryableError as err:
             last_error = str(err)
     raise PipelineError(f"{url}: gave up after {attempts} attempts: {last_error}")
 
 
-class _Retryable(Exception):
+class _RetryableError(Exception):
     pass
 
 
@@ -67,13 +67,13 @@ def _transfer(url: str, dest: Path, max_bytes: int, timeout: float) -> None:
     except urllib.error.HTTPError as err:
         if err.code == 416 and have:  # the partial file is complete or bogus: start over
             dest.unlink()
-            raise _Retryable("HTTP 416, restarting") from err
+            raise _RetryableError("HTTP 416, restarting") from err
         if err.code >= 500 or err.code in (408, 429):
-            raise _Retryable(f"HTTP {err.code} {err.reason}") from err
+            raise _RetryableError(f"HTTP {err.code} {err.reason}") from err
         raise PipelineError(f"{url}: HTTP {err.code} {err.reason}") from err
     except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
         reason = getattr(err, "reason", err)
-        raise _Retryable(f"cannot connect: {reason}") from err
+        raise _RetryableError(f"cannot connect: {reason}") from err
     with response:
         resumed = response.status == 206 and _range_start(response) == have
         mode = "ab" if resumed else "wb"
@@ -91,14 +91,14 @@ def _transfer(url: str, dest: Path, max_bytes: int, timeout: float) -> None:
                     out.write(chunk)
                     progress.update(done)
         except (OSError, http.client.HTTPException) as err:
-            raise _Retryable(f"interrupted after {done} bytes: {err}") from err
+            raise _RetryableError(f"interrupted after {done} bytes: {err}") from err
         finally:
             progress.close(done)
     if total is not None and done != total:
-        raise _Retryable(f"connection closed after {done} of {total} bytes")
+        raise _RetryableError(f"connection closed after {done} of {total} bytes")
 
 
-def _range_start(response) -> int:  # noqa: ANN001
+def _range_start(response) -> int:
     # "bytes 100-199/200" -> 100
     value = response.headers.get("Content-Range", "")
     try:
@@ -107,7 +107,7 @@ def _range_start(response) -> int:  # noqa: ANN001
         return -1
 
 
-def _total_size(response, already: int) -> int | None:  # noqa: ANN001
+def _total_size(response, already: int) -> int | None:
     length = response.headers.get("Content-Length")
     return already + int(length) if length and length.isdigit() else None
 

@@ -3,8 +3,6 @@
 import argparse
 from pathlib import Path
 
-import numpy as np
-
 from stages import dataset, modelfile, network, training
 from stages.errors import PipelineError, run_stage
 from stages.files import write_json, write_text
@@ -44,7 +42,7 @@ def main() -> None:
     write_json(args.out / "metrics.json",
                {"test": {"accuracy": round(accuracy, 6), "loss": round(loss, 6)}})
     write_text(args.out / "predictions.csv", "actual,predicted\n" + "".join(
-        f"{a},{p}\n" for a, p in zip(actual, predicted)))
+        f"{a},{p}\n" for a, p in zip(actual, predicted, strict=True)))
     write_json(args.out / "samples.json", samples)
     write_text(args.out / "samples.md", samples_table(samples))
     print(f"test accuracy {accuracy:.4f}, loss {loss:.4f}, on {len(x_test)} images")

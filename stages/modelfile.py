@@ -12,7 +12,7 @@ from stages.network import ACTIVATIONS
 
 def save(path: Path, weights: list[np.ndarray], biases: list[np.ndarray], activation: str) -> None:
     arrays = {"activation": np.array(activation)}
-    for layer, (w, b) in enumerate(zip(weights, biases)):
+    for layer, (w, b) in enumerate(zip(weights, biases, strict=True)):
         arrays[f"W{layer}"], arrays[f"b{layer}"] = w, b
     save_npz(path, arrays)
 
@@ -35,7 +35,7 @@ def load(path: Path) -> tuple[list[np.ndarray], list[np.ndarray], str]:
         raise PipelineError(f"{path}: model file lacks {err.args[0]}") from err
     if activation not in ACTIVATIONS:
         raise PipelineError(f"{path}: unknown activation {activation!r}")
-    for i, (w, b) in enumerate(zip(weights, biases)):
+    for i, (w, b) in enumerate(zip(weights, biases, strict=True)):
         fits = w.ndim == 2 and b.shape == (w.shape[1],)
         if not fits or (i and w.shape[0] != weights[i - 1].shape[1]):
             raise PipelineError(f"{path}: layer {i} shapes W{w.shape} b{b.shape} do not chain")

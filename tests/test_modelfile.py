@@ -1,0 +1,63 @@
+import zipfile
+
+import numpy as np
+import pytest
+
+from stages import modelfile, network
+from stages.errors import PipelineError
+
+
+@pytest.fixture
+def layers():
+    return network.init_layers([784, 16, 8, 10], np.random.default_rng(0))
+
+
+def test_round_trip_without_pickle(tmp_path, layers):
+    modelfile.save(tmp_path / "model.npz", *layers, "relu")
+    weights, biases, activation = modelfile.load(tmp_path / "model.npz")
+    assert activation == "relu"
+    for got, want in zip(weights + biases, layers[0] + layers[1], strict=True):
+        np.testing.assert_array_equal(got, want)
+        assert got.dtype == want.dtype
+    with zipfile.ZipFile(tmp_path / "model.npz") as archive:
+        assert sorted(archive.namelist()) == sorted(
+            ["activation.npy", "W0.npy", "b0.npy", "W1.npy", "b1.npy", "W2.npy", "b2.npy"])
+
+
+def test_truncated_model_is_rejected(tmp_path, layers):
+    modelfile.save(tmp_path / "model.npz", *layers, "relu")
+    data = (tmp_path / "model.npz").read_bytes()
+    (tmp_path / "model.npz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(PipelineError, match=r"model\.npz: not a readable model file"):
+        modelfile.load(tmp_path / "model.npz")
+
+
+def test_garbage_and_missing_files(tmp_path):
+    (tmp_path / "model.npz").write_bytes(b"not a zip at all")
+    with pytest.raises(PipelineError, match="not a readable model file"):
+        modelfile.load(tmp_path / "model.npz")
+    with pytest.raises(PipelineError, match=r"other.npz: not found \(run the train stage"):
+        modelfile.load(tmp_path / "other.npz")
+
+
+def test_object_arrays_are_refused(tmp_path, layers):
+    np.savez(tmp_path / "model.npz", W0=np.array([{"evil": 1}], dtype=object))
+    with pytest.raises(PipelineError, match="not a readable model file"):
+        modelfile.load(tmp_path / "model.npz")
+
+
+def test_layers_that_do_not_chain(tmp_path, layers):
+    weights, biases = layers
+    weights[1] = np.zeros((15, 8), np.float32)
+    modelfile.save(tmp_path / "model.npz", weights, biases, "relu")
+    with pytest.raises(PipelineError, match=r"layer 1 shapes W\(15, 8\) b\(8,\) do not chain"):
+        modelfile.load(tmp_path / "model.npz")
+
+
+def test_missing_bias_and_unknown_activation(tmp_path, layers):
+    np.savez(tmp_path / "a.npz", activation=np.array("relu"), W0=layers[0][0])
+    with pytest.raises(PipelineError, match=r"a\.npz: model file lacks b0"):
+        modelfile.load(tmp_path / "a.npz")
+    modelfile.save(tmp_path / "b.npz", *layers, "swish")
+    with pytest.raises(PipelineError, match=r"b\.npz: unknown activation 'swish'"):
+        modelfile.load(tmp_path / "b.npz")

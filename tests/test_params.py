@@ -1,0 +1,110 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stages import network
+from stages.errors import PipelineError
+from stages.params import ACTIVATIONS, load_params
+
+REAL = Path(__file__).parents[1] / "params.yaml"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    return path
+
+
+def with_change(tmp_path: Path, section: str, key: str, value: object) -> Path:
+    raw = yaml.safe_load(REAL.read_text())
+    raw[section][key] = value
+    return write(tmp_path, yaml.safe_dump(raw))
+
+
+def test_the_committed_defaults_load_with_their_types():
+    params = load_params(REAL)
+    assert params.train.hidden == [10]
+    assert params.train.activation == "relu"
+    assert isinstance(params.train.lr, float)
+    assert params.preprocess.val_size == 5000
+    assert params.evaluate.samples == 10
+    assert params.fetch.sources[0] == "pypi"
+
+
+def test_yaml_1_2_float_strings_become_floats(tmp_path):
+    text = REAL.read_text().replace("lr: 0.1", "lr: 1e-3")
+    assert yaml.safe_load(text)["train"]["lr"] == "1e-3"  # what makes the conversion necessary
+    assert load_params(write(tmp_path, text)).train.lr == 0.001
+
+
+def test_integer_learning_rate_becomes_a_float(tmp_path):
+    assert load_params(with_change(tmp_path, "train", "lr", 1)).train.lr == 1.0
+
+
+def test_unknown_key_suggests_the_nearest(tmp_path):
+    text = REAL.read_text().replace("  lr: 0.1", "  lr: 0.1\n  lrr: 0.2")
+    with pytest.raises(PipelineError, match=r"unknown key train\.lrr \(did you mean train\.lr\?\)"):
+        load_params(write(tmp_path, text))
+
+
+def test_unknown_section_is_rejected(tmp_path):
+    with pytest.raises(PipelineError, match="unknown key trian"):
+        load_params(write(tmp_path, REAL.read_text() + "trian:\n  lr: 1\n"))
+
+
+def test_missing_key_is_named(tmp_path):
+    text = REAL.read_text().replace("  seed: 0\n", "")
+    with pytest.raises(PipelineError, match=r"missing key train\.seed"):
+        load_params(write(tmp_path, text))
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "message"),
+    [
+        ("train", "epochs", "ten", "train.epochs: expected an integer, got str 'ten'"),
+        ("train", "epochs", True, "train.epochs: expected an integer, got bool True"),
+        ("train", "epochs", 2.5, "train.epochs: expected an integer, got float 2.5"),
+        ("train", "epochs", 0, "train.epochs: must be >= 1, got int 0"),
+        ("train", "lr", "fast", "train.lr: expected a number, got str 'fast'"),
+        ("train", "lr", 0, "train.lr: must be > 0 and finite, got int 0"),
+        ("train", "lr", -0.1, "train.lr: must be > 0 and finite"),
+        ("train", "lr", "nan", "train.lr: must be > 0 and finite, got str 'nan'"),
+        ("train", "lr", "inf", "train.lr: must be > 0 and finite"),
+        ("train", "batch_size", 0, "train.batch_size: must be >= 1"),
+        ("train", "hidden", 10, "train.hidden: expected a list, got int 10"),
+        ("train", "hidden", [10, 0], "train.hidden: must be >= 1, got list"),
+        ("train", "hidden", ["wide"], r"train.hidden\[0\]: expected an integer"),
+        ("train", "activation", "swish", "train.activation: must be one of relu"),
+        ("train", "seed", -1, "train.seed: must be >= 0"),
+        ("preprocess", "val_size", 0, "preprocess.val_size: must be >= 1"),
+        ("evaluate", "samples", None, "evaluate.samples: expected an integer, got nothing"),
+        ("fetch", "sources", [], "fetch.sources: must not be empty"),
+        ("fetch", "sources", ["pypi", "ftp"], "fetch.sources: must be one of pypi, mirror, local"),
+        ("fetch", "verify", "yes please", "fetch.verify: expected true or false"),
+    ],
+)
+def test_bad_values_name_the_key_and_the_expectation(tmp_path, section, key, value, message):
+    path = with_change(tmp_path, section, key, value)
+    with pytest.raises(PipelineError, match=message) as err:
+        load_params(path)
+    assert str(err.value).startswith(f"{path}: ")
+    assert "\n" not in str(err.value)
+
+
+def test_section_that_is_not_a_mapping(tmp_path):
+    raw = yaml.safe_load(REAL.read_text())
+    raw["evaluate"] = 3
+    with pytest.raises(PipelineError, match="evaluate: expected a mapping, got int 3"):
+        load_params(write(tmp_path, yaml.safe_dump(raw)))
+
+
+def test_invalid_yaml_and_missing_file(tmp_path):
+    with pytest.raises(PipelineError, match="invalid YAML"):
+        load_params(write(tmp_path, "train: [unclosed\n"))
+    with pytest.raises(PipelineError, match=r"nowhere\.yaml: not found"):
+        load_params(tmp_path / "nowhere.yaml")
+
+
+def test_every_allowed_activation_exists_in_the_network():
+    assert set(ACTIVATIONS) == set(network.ACTIVATIONS)

@@ -1,0 +1,110 @@
+"""Each stage as a command: it works on tiny data, and bad input gets one line, exit 1 and
+no output."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from stages import modelfile, network
+from stages.files import save_npy
+
+ROOT = Path(__file__).parents[1]
+
+
+def run_stage(cwd: Path, stage: str, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", f"stages.{stage}", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, message: str) -> None:
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: ")
+    assert message in result.stderr
+
+
+@pytest.fixture
+def project(tmp_path):
+    """A working directory with the real params and tiny prepared data."""
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    rng = np.random.default_rng(0)
+    for split, rows in (("train", 20), ("val", 5), ("test", 6)):
+        save_npy(tmp_path / "data" / f"x_{split}.npy", rng.random((rows, 784), np.float32))
+        save_npy(tmp_path / "data" / f"y_{split}.npy",
+                 np.eye(10, dtype=np.float32)[rng.integers(0, 10, rows)])
+    return tmp_path
+
+
+def set_param(project: Path, section: str, key: str, value: object) -> None:
+    raw = yaml.safe_load((project / "params.yaml").read_text())
+    raw[section][key] = value
+    (project / "params.yaml").write_text(yaml.safe_dump(raw))
+
+
+TRAIN_ARGS = ("--data", "data", "--model", "out/model.npz", "--metrics", "out/train.json",
+              "--history", "out/history.csv")
+
+
+def test_train_with_a_bad_learning_rate(project):
+    set_param(project, "train", "lr", -1)
+    result = run_stage(project, "train", *TRAIN_ARGS)
+    assert_one_line_error(result, "params.yaml: train.lr: must be > 0 and finite, got int -1")
+    assert not (project / "out").exists()
+
+
+def test_train_with_a_batch_larger_than_the_data(project):
+    set_param(project, "train", "batch_size", 21)
+    result = run_stage(project, "train", *TRAIN_ARGS)
+    assert_one_line_error(result, "train.batch_size: must be at most the 20 training images")
+    assert not (project / "out").exists()
+
+
+def test_train_then_evaluate_on_tiny_data(project):
+    set_param(project, "train", "epochs", 2)
+    set_param(project, "train", "batch_size", 8)
+    assert run_stage(project, "train", *TRAIN_ARGS).returncode == 0
+    assert (project / "out" / "history.csv").read_text().count("\n") == 3
+    result = run_stage(project, "evaluate", "--data", "data", "--model", "out/model.npz",
+                       "--out", "results")
+    assert result.returncode == 0, result.stderr
+    lines = (project / "results" / "predictions.csv").read_text().splitlines()
+    assert lines[0] == "actual,predicted"
+    assert len(lines) == 7
+
+
+def test_evaluate_with_a_model_for_other_data(project):
+    weights, biases = network.init_layers([100, 10, 10], np.random.default_rng(0))
+    modelfile.save(project / "model.npz", weights, biases, "relu")
+    result = run_stage(project, "evaluate", "--data", "data", "--model", "model.npz",
+                       "--out", "results")
+    assert_one_line_error(result, "model.npz: maps 100 inputs to 10 classes, data has 784")
+    assert not (project / "results").exists()
+
+
+def test_preprocess_without_fetched_data(project):
+    result = run_stage(project, "preprocess", "--raw", "raw", "--out", "prepared")
+    assert_one_line_error(result, "raw/train-images-idx3-ubyte: not found")
+    assert not (project / "prepared").exists()
+
+
+def test_fetch_with_invalid_params_yaml(project):
+    (project / "params.yaml").write_text("fetch: [\n")
+    result = run_stage(project, "fetch", "--out", "raw")
+    assert_one_line_error(result, "params.yaml: invalid YAML")
+    assert not (project / "raw").exists()
+
+
+def test_fetch_when_every_source_fails(project):
+    set_param(project, "fetch", "sources", ["local"])
+    set_param(project, "fetch", "local_dir", "no-such-dir")
+    result = run_stage(project, "fetch", "--out", "raw")
+    assert_one_line_error(result, "no source gave verified MNIST files; local no-such-dir: "
+                                  "no-such-dir: has neither train-images-idx3-ubyte")
+    assert not (project / "raw").exists()
