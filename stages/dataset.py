@@ -1,4 +1,4 @@
-"""MNIST as arrays: read and check the raw IDX files, then scale, one-hot and split them."""
+"""Raw MNIST to arrays: read and check the IDX files, then scale, one-hot and split them."""
 
 from pathlib import Path
 
@@ -6,11 +6,7 @@ import numpy as np
 
 from stages import idx
 from stages.errors import PipelineError
-from stages.files import load_npy
-
-CLASSES = 10
-PIXELS = 28 * 28
-SPLITS = ("train", "val", "test")
+from stages.splits import CLASSES, PIXELS
 
 
 def read_pair(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -21,10 +17,12 @@ def read_pair(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndar
         raise PipelineError(f"{images_path}: images of shape {images.shape}, expected (N, 28, 28)")
     if labels.ndim != 1:
         raise PipelineError(f"{labels_path}: labels of shape {labels.shape}, expected (N,)")
+    if not len(images):
+        raise PipelineError(f"{images_path}: holds no images")
     if len(images) != len(labels):
         raise PipelineError(
             f"{labels_path}: {len(labels)} labels for {len(images)} images in {images_path}")
-    if len(labels) and labels.max() >= CLASSES:
+    if labels.max() >= CLASSES:
         raise PipelineError(f"{labels_path}: label {labels.max()} found, expected 0-9")
     return images, labels
 
@@ -56,21 +54,10 @@ def prepare(
     }
 
 
-def load_split(directory: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """(x, y) of one prepared split, checked for shape and dtype."""
-    x = load_npy(Path(directory) / f"x_{split}.npy")
-    y = load_npy(Path(directory) / f"y_{split}.npy")
-    if x.dtype != np.float32 or x.ndim != 2 or x.shape[1] != PIXELS:
-        raise PipelineError(f"{directory}/x_{split}.npy: {x.dtype}{x.shape}, "
-                            f"expected float32 (N, {PIXELS})")
-    if y.dtype != np.float32 or y.shape != (len(x), CLASSES):
-        raise PipelineError(f"{directory}/y_{split}.npy: {y.dtype}{y.shape}, "
-                            f"expected float32 ({len(x)}, {CLASSES})")
-    return x, y
-
-
 def _read(path: Path) -> bytes:
     try:
         return Path(path).read_bytes()
     except FileNotFoundError as err:
         raise PipelineError(f"{path}: not found (run the fetch stage first)") from err
+    except OSError as err:
+        raise PipelineError(f"{path}: cannot read: {err.strerror}") from err

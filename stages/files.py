@@ -49,16 +49,24 @@ def atomic_file(path: Path) -> Iterator[IO[bytes]]:
 def atomic_dir(path: Path) -> Iterator[Path]:
     """A temporary directory that replaces `path` as a whole if the block succeeds."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    except OSError as err:
+        raise PipelineError(f"{path}: cannot write: {err.strerror}") from err
+    old = tmp.with_suffix(".old")
     try:
         yield tmp
         tmp.chmod(0o755)
+        # Two renames, so `path` is missing only between them, never half-filled.
         if path.exists():
-            shutil.rmtree(path)
+            path.rename(old)
         tmp.rename(path)
+    except OSError as err:
+        raise PipelineError(f"{path}: cannot write: {err.strerror}") from err
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def write_bytes(path: Path, data: bytes) -> None:
@@ -92,5 +100,5 @@ def load_npy(path: Path) -> np.ndarray:
         return np.load(path, allow_pickle=False)
     except FileNotFoundError as err:
         raise PipelineError(f"{path}: not found (run the earlier stages first)") from err
-    except ValueError as err:
+    except (ValueError, EOFError, OSError) as err:
         raise PipelineError(f"{path}: not a readable .npy file: {err}") from err

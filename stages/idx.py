@@ -3,6 +3,8 @@
 Only unsigned-byte data (type 0x08) is handled: it is all MNIST uses.
 """
 
+import math
+
 import numpy as np
 
 from stages.errors import PipelineError
@@ -33,7 +35,7 @@ def decode(data: bytes, name: str) -> np.ndarray:
     if ndim == 0 or len(data) < header_size:
         raise PipelineError(f"{name}: IDX header truncated or with 0 dimensions (ndim={ndim})")
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    expected = header_size + int(np.prod(shape, dtype=np.int64))
+    expected = header_size + math.prod(shape)
     if len(data) != expected:
         raise PipelineError(
             f"{name}: IDX shape {shape} needs {expected} bytes, file has {len(data)}"

@@ -36,6 +36,8 @@ def load(path: Path) -> tuple[list[np.ndarray], list[np.ndarray], str]:
     if activation not in ACTIVATIONS:
         raise PipelineError(f"{path}: unknown activation {activation!r}")
     for i, (w, b) in enumerate(zip(weights, biases, strict=True)):
+        if not all(isinstance(a, np.ndarray) and a.dtype.kind == "f" for a in (w, b)):
+            raise PipelineError(f"{path}: layer {i} is not floating-point arrays")
         fits = w.ndim == 2 and b.shape == (w.shape[1],)
         if not fits or (i and w.shape[0] != weights[i - 1].shape[1]):
             raise PipelineError(f"{path}: layer {i} shapes W{w.shape} b{b.shape} do not chain")

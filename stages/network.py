@@ -8,6 +8,7 @@ from itertools import pairwise
 
 import numpy as np
 
+# (weights, biases), or their gradients: one array per layer in each list.
 Layers = tuple[list[np.ndarray], list[np.ndarray]]
 
 
@@ -75,6 +76,12 @@ def backward(
         if layer:
             delta = (delta @ weights[layer].T) * slope(outputs[layer])
     return grad_w[::-1], grad_b[::-1]
+
+
+def score(logits: np.ndarray, targets: np.ndarray) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of logits against one-hot targets."""
+    accuracy = float((logits.argmax(axis=1) == targets.argmax(axis=1)).mean())
+    return cross_entropy(logits, targets), accuracy
 
 
 def logits_in_chunks(

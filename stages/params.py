@@ -1,7 +1,7 @@
 """params.yaml, read strictly: every key known, every value converted and range-checked.
 
-PyPI's YAML reader follows YAML 1.1, which reads `1e-3` as a string; `dvc exp run -S` writes
-floats that way, so float keys accept numeric strings.
+PyYAML follows YAML 1.1, which reads `1e-3` or `1e-05` (no dot) as a string, and
+`dvc exp run -S train.lr=1e-5` writes `lr: 1e-05`; so float keys accept numeric strings.
 """
 
 import dataclasses
@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from stages.errors import PipelineError
+from stages.urls import check_url
 
 PARAMS_FILE = Path("params.yaml")
 SOURCES = ("pypi", "mirror", "local")
@@ -73,9 +74,18 @@ def _non_empty(items: list) -> str | None:
     return None if items else "must not be empty"
 
 
+def _https_url(url: str) -> str | None:
+    try:
+        check_url(url)
+    except PipelineError as err:
+        return str(err)
+    return None
+
+
 # Checks beyond the type; each returns a complaint or None.
 RULES: dict[str, typing.Callable[[Any], str | None]] = {
     "fetch.sources": lambda v: _non_empty(v) or _each(_one_of(SOURCES))(v),
+    "fetch.mirrors": _each(_https_url),
     "preprocess.val_size": _at_least(1),
     "train.hidden": _each(_at_least(1)),
     "train.activation": _one_of(ACTIVATIONS),
@@ -90,12 +100,29 @@ RULES: dict[str, typing.Callable[[Any], str | None]] = {
 def load_params(path: Path = PARAMS_FILE) -> Params:
     """The validated contents of params.yaml; a PipelineError names the first bad key."""
     try:
-        raw = yaml.safe_load(Path(path).read_text())
+        raw = yaml.load(Path(path).read_text(), Loader=_UniqueKeyLoader)  # a SafeLoader
     except FileNotFoundError as err:
         raise PipelineError(f"{path}: not found") from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise PipelineError(f"{path}: cannot read: {err}") from err
     except yaml.YAMLError as err:
         raise PipelineError(f"{path}: invalid YAML: {' '.join(str(err).split())}") from err
-    return _build(Params, raw, str(path), "")
+    params = _build(Params, raw, str(path), "")
+    if "mirror" in params.fetch.sources and not params.fetch.mirrors:
+        raise PipelineError(f"{path}: fetch.mirrors: must list a URL when fetch.sources has mirror")
+    return params
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice, which would otherwise silently win."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        keys = [self.construct_object(key, deep=deep) for key, _ in node.value]
+        for key in keys:
+            if keys.count(key) > 1:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", node.start_mark)
+        return super().construct_mapping(node, deep=deep)
 
 
 def _build(cls: type, raw: Any, path: str, prefix: str) -> Any:

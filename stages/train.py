@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stages import dataset, modelfile, network, training
+from stages import modelfile, network, splits, training
 from stages.errors import PipelineError, run_stage
 from stages.files import write_json, write_text
 from stages.params import load_params
@@ -28,18 +28,19 @@ def main() -> None:
     parser.add_argument("--history", type=Path, required=True, help="where to write the CSV")
     args = parser.parse_args()
     params = load_params().train
-    train_set = dataset.load_split(args.data, "train")
-    val_set = dataset.load_split(args.data, "val")
+    train_set = splits.load_split(args.data, "train")
+    val_set = splits.load_split(args.data, "val")
     if params.batch_size > len(train_set[0]):
         raise PipelineError(f"params.yaml: train.batch_size: must be at most the "
                             f"{len(train_set[0])} training images, got {params.batch_size}")
 
     rng = np.random.default_rng(params.seed)
-    sizes = [dataset.PIXELS, *params.hidden, dataset.CLASSES]
+    sizes = [splits.PIXELS, *params.hidden, splits.CLASSES]
     weights, biases = network.init_layers(sizes, rng)
     started = time.perf_counter()
-    history = training.train(weights, biases, train_set, val_set, params.activation,
-                             params.lr, params.epochs, params.batch_size, rng)
+    history = training.train(weights, biases, train_set, val_set, activation=params.activation,
+                             lr=params.lr, epochs=params.epochs, batch_size=params.batch_size,
+                             rng=rng)
     print(f"trained {'-'.join(map(str, sizes))} in {time.perf_counter() - started:.1f} s")
 
     last = history[-1]

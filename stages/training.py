@@ -8,12 +8,6 @@ from stages import network
 from stages.errors import PipelineError
 
 
-def score(logits: np.ndarray, targets: np.ndarray) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) of logits against one-hot targets."""
-    accuracy = float((logits.argmax(axis=1) == targets.argmax(axis=1)).mean())
-    return network.cross_entropy(logits, targets), accuracy
-
-
 def sgd_epoch(
     weights: list[np.ndarray], biases: list[np.ndarray], x: np.ndarray, y: np.ndarray,
     activation: str, lr: float, batch_size: int, rng: np.random.Generator,
@@ -30,7 +24,7 @@ def sgd_epoch(
 
 def train(
     weights: list[np.ndarray], biases: list[np.ndarray],
-    train_set: tuple[np.ndarray, np.ndarray], val_set: tuple[np.ndarray, np.ndarray],
+    train_set: tuple[np.ndarray, np.ndarray], val_set: tuple[np.ndarray, np.ndarray], *,
     activation: str, lr: float, epochs: int, batch_size: int, rng: np.random.Generator,
     log: Callable[[str], None] = print,
 ) -> list[dict[str, float]]:
@@ -40,9 +34,9 @@ def train(
         # A diverging run overflows; the finiteness check below reports that in one line.
         with np.errstate(over="ignore", invalid="ignore"):
             sgd_epoch(weights, biases, *train_set, activation, lr, batch_size, rng)
-            train_loss, train_acc = score(
+            train_loss, train_acc = network.score(
                 network.logits_in_chunks(weights, biases, train_set[0], activation), train_set[1])
-            val_loss, val_acc = score(
+            val_loss, val_acc = network.score(
                 network.logits_in_chunks(weights, biases, val_set[0], activation), val_set[1])
         if not np.isfinite(train_loss):
             raise PipelineError(f"training diverged in epoch {epoch} (train loss {train_loss}); "

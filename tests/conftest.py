@@ -2,7 +2,7 @@ import socket
 
 import pytest
 
-from stages.download import LOOPBACK
+from stages.urls import LOOPBACK
 
 
 @pytest.fixture(autouse=True)

@@ -3,7 +3,6 @@ import pytest
 
 from stages import dataset, idx
 from stages.errors import PipelineError
-from stages.files import save_npy
 
 
 def write_pair(tmp_path, images, labels):
@@ -35,9 +34,17 @@ def test_read_pair_rejects_what_is_not_mnist(tmp_path, images, labels, message):
         dataset.read_pair(*write_pair(tmp_path, images, labels))
 
 
+def test_read_pair_refuses_an_empty_set(tmp_path):
+    images, labels = np.zeros((0, 28, 28), np.uint8), np.zeros(0, np.uint8)
+    with pytest.raises(PipelineError, match="images: holds no images"):
+        dataset.read_pair(*write_pair(tmp_path, images, labels))
+
+
 def test_read_pair_names_a_missing_file(tmp_path):
     with pytest.raises(PipelineError, match=r"nothing-here: not found \(run the fetch stage"):
         dataset.read_pair(tmp_path / "nothing-here", tmp_path / "labels")
+    with pytest.raises(PipelineError, match="cannot read: Is a directory"):
+        dataset.read_pair(tmp_path, tmp_path / "labels")
 
 
 def test_normalise_scales_bytes_into_unit_interval():
@@ -75,17 +82,3 @@ def test_prepare_rejects_a_validation_set_as_large_as_the_training_set(val_size)
     with pytest.raises(PipelineError, match=f"val_size: must be below the 5 training images, "
                                             f"got {val_size}"):
         dataset.prepare((images, labels), (images, labels), val_size)
-
-
-def test_load_split_checks_shapes(tmp_path):
-    save_npy(tmp_path / "x_val.npy", np.zeros((3, 784), np.float32))
-    save_npy(tmp_path / "y_val.npy", np.zeros((3, 10), np.float32))
-    x, y = dataset.load_split(tmp_path, "val")
-    assert x.shape == (3, 784)
-    assert y.shape == (3, 10)
-    save_npy(tmp_path / "y_val.npy", np.zeros((4, 10), np.float32))
-    with pytest.raises(PipelineError, match=r"y_val.npy: float32\(4, 10\), expected float32 \(3"):
-        dataset.load_split(tmp_path, "val")
-    save_npy(tmp_path / "x_val.npy", np.zeros((3, 784), np.float64))
-    with pytest.raises(PipelineError, match=r"x_val.npy: float64\(3, 784\), expected float32"):
-        dataset.load_split(tmp_path, "val")

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from stages.download import CHUNK, check_url, download
+from stages.download import CHUNK, download
 from stages.errors import PipelineError
+from stages.urls import check_url
 
 CONTENT = bytes(range(256)) * 600 + b"tail"  # 153,604 bytes: several 64 KiB reads
 FAST = {"timeout": 5.0, "backoff": 0.0}
@@ -434,6 +435,22 @@ def test_download_restarts_when_the_range_starts_elsewhere(
     dest.write_bytes(CONTENT[:1000])
     download(server.url(), dest, max_bytes=len(CONTENT), attempts=1, **FAST)
     assert dest.read_bytes() == CONTENT
+
+
+def test_download_discards_a_range_it_did_not_ask_for(tmp_path: Path, server: Server) -> None:
+    def wrong_range_then_whole(h: Handler, n: int) -> None:
+        if n == 0:  # asked for bytes=1000-, answers from byte 500
+            send(h, 206, CONTENT[500:],
+                 headers={"Content-Range": f"bytes 500-{len(CONTENT) - 1}/{len(CONTENT)}"})
+        else:
+            send(h, 200, CONTENT)
+
+    server.respond = wrong_range_then_whole
+    dest = tmp_path / "f"
+    dest.write_bytes(CONTENT[:1000])
+    download(server.url(), dest, max_bytes=len(CONTENT), attempts=2, **FAST)
+    assert dest.read_bytes() == CONTENT
+    assert [r.get("range") for r in server.requests] == ["bytes=1000-", None]
 
 
 def test_download_starts_over_after_416(tmp_path: Path, server: Server) -> None:

@@ -2,6 +2,7 @@ import errno
 import hashlib
 import json
 import os
+import zipfile
 
 import numpy as np
 import pytest
@@ -79,6 +80,8 @@ def test_npz_bytes_depend_only_on_the_arrays(tmp_path):
     files.save_npz(tmp_path / "b.npz", arrays)
     digest = [hashlib.sha256((tmp_path / n).read_bytes()).hexdigest() for n in ("a.npz", "b.npz")]
     assert digest[0] == digest[1]
+    with zipfile.ZipFile(tmp_path / "a.npz") as archive:
+        assert {info.date_time for info in archive.infolist()} == {files.ZIP_EPOCH}
     with np.load(tmp_path / "a.npz", allow_pickle=False) as npz:
         np.testing.assert_array_equal(npz["W0"], arrays["W0"])
         assert str(npz["activation"]) == "relu"

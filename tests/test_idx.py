@@ -35,6 +35,8 @@ def test_encode_refuses_other_dtypes():
         (b"\x00\x00\x08\x02\x00\x00\x00\x02", "header truncated"),
         (b"\x00\x00\x08\x01\x00\x00\x00\x03\x01\x02", "needs 11 bytes, file has 10"),
         (b"\x00\x00\x08\x01\x00\x00\x00\x01\x01\x02", "needs 9 bytes, file has 10"),
+        # 2**31 * 2**31 * 4 overflows int64 to 0: the size check must not be fooled.
+        (b"\x00\x00\x08\x03\x80\x00\x00\x00\x80\x00\x00\x00\x00\x00\x00\x04", "needs"),
     ],
 )
 def test_malformed_files_are_rejected_by_name(data, message):

@@ -54,6 +54,13 @@ def test_layers_that_do_not_chain(tmp_path, layers):
         modelfile.load(tmp_path / "model.npz")
 
 
+def test_weights_that_are_not_numbers(tmp_path):
+    np.savez(tmp_path / "m.npz", activation=np.array("relu"), W0=np.array([["a"]]),
+             b0=np.zeros(1, np.float32))
+    with pytest.raises(PipelineError, match="layer 0 is not floating-point arrays"):
+        modelfile.load(tmp_path / "m.npz")
+
+
 def test_missing_bias_and_unknown_activation(tmp_path, layers):
     np.savez(tmp_path / "a.npz", activation=np.array("relu"), W0=layers[0][0])
     with pytest.raises(PipelineError, match=r"a\.npz: model file lacks b0"):

@@ -76,3 +76,11 @@ def test_chunked_logits_equal_one_pass():
     np.testing.assert_allclose(
         network.logits_in_chunks(weights, biases, x, "relu", chunk=7),
         network.forward(weights, biases, x, "relu")[-1], rtol=1e-12)
+
+
+def test_score_is_loss_and_accuracy():
+    logits = np.array([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0]])
+    targets = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    loss, accuracy = network.score(logits, targets)
+    assert accuracy == pytest.approx(2 / 3)
+    assert loss == pytest.approx(network.cross_entropy(logits, targets))

@@ -82,6 +82,9 @@ def test_missing_key_is_named(tmp_path):
         ("fetch", "sources", [], "fetch.sources: must not be empty"),
         ("fetch", "sources", ["pypi", "ftp"], "fetch.sources: must be one of pypi, mirror, local"),
         ("fetch", "verify", "yes please", "fetch.verify: expected true or false"),
+        ("fetch", "mirrors", ["http://example.com/"], "fetch.mirrors: http://example.com/: only"),
+        ("fetch", "mirrors", ["https://[::1"], r"fetch.mirrors: https://\[::1: not a valid URL"),
+        ("fetch", "mirrors", [], "fetch.mirrors: must list a URL when fetch.sources has mirror"),
     ],
 )
 def test_bad_values_name_the_key_and_the_expectation(tmp_path, section, key, value, message):
@@ -97,6 +100,20 @@ def test_section_that_is_not_a_mapping(tmp_path):
     raw["evaluate"] = 3
     with pytest.raises(PipelineError, match="evaluate: expected a mapping, got int 3"):
         load_params(write(tmp_path, yaml.safe_dump(raw)))
+
+
+def test_a_key_given_twice_is_refused(tmp_path):
+    text = REAL.read_text().replace("  seed: 0\n", "  seed: 0\n  seed: 1\n")
+    with pytest.raises(PipelineError, match=r"invalid YAML: .*duplicate key 'seed'"):
+        load_params(write(tmp_path, text))
+
+
+def test_unreadable_files(tmp_path):
+    (tmp_path / "params.yaml").write_bytes(b"train:\n  lr: \xff\n")
+    with pytest.raises(PipelineError, match=r"params\.yaml: cannot read: .*utf-8"):
+        load_params(tmp_path / "params.yaml")
+    with pytest.raises(PipelineError, match=r"cannot read: .*Is a directory"):
+        load_params(tmp_path)
 
 
 def test_invalid_yaml_and_missing_file(tmp_path):
