@@ -15,3 +15,7 @@ def run_stage(main: Callable[[], None]) -> None:
     except PipelineError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
+    except MemoryError as err:
+        print(f"error: out of memory ({err}); a smaller train.hidden or batch needs less",
+              file=sys.stderr)
+        sys.exit(1)

@@ -34,7 +34,7 @@ def _scratch(workdir: Path) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m stages.fetch", description=__doc__)
     parser.add_argument("--out", type=Path, required=True, help="directory for the IDX files")
     args = parser.parse_args()
     params = load_params().fetch

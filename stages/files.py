@@ -63,6 +63,8 @@ def atomic_dir(path: Path) -> Iterator[Path]:
             path.rename(old)
         tmp.rename(path)
     except OSError as err:
+        if old.exists() and not path.exists():
+            old.rename(path)
         raise PipelineError(f"{path}: cannot write: {err.strerror}") from err
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -79,7 +81,8 @@ def write_text(path: Path, text: str) -> None:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2) + "\n")
+    # NaN is not JSON; refusing it here keeps a broken run from writing a broken metrics file.
+    write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
 
 
 def save_npy(path: Path, array: np.ndarray) -> None:
@@ -95,10 +98,27 @@ def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
                 np.lib.format.write_array(member, np.asarray(array), allow_pickle=False)
 
 
+NPY_MAGIC = b"\x93NUMPY"
+ZIP_MAGIC = b"PK\x03\x04"
+
+
 def load_npy(path: Path) -> np.ndarray:
+    check_magic(path, NPY_MAGIC, ".npy")
     try:
         return np.load(path, allow_pickle=False)
-    except FileNotFoundError as err:
-        raise PipelineError(f"{path}: not found (run the earlier stages first)") from err
     except (ValueError, EOFError, OSError) as err:
         raise PipelineError(f"{path}: not a readable .npy file: {err}") from err
+
+
+def check_magic(path: Path, magic: bytes, kind: str) -> None:
+    """Refuse a file that does not start like `kind` before np.load guesses at it (np.load
+    takes anything else for a pickle and suggests loading it unsafely)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(len(magic))
+    except FileNotFoundError as err:
+        raise PipelineError(f"{path}: not found (run the earlier stages first)") from err
+    except OSError as err:
+        raise PipelineError(f"{path}: cannot read: {err.strerror}") from err
+    if head != magic:
+        raise PipelineError(f"{path}: not a {kind} file (it starts {head.hex() or 'empty'})")

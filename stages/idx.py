@@ -32,8 +32,10 @@ def decode(data: bytes, name: str) -> np.ndarray:
         raise PipelineError(f"{name}: IDX data type 0x{data[2]:02x}, expected 0x08 (unsigned byte)")
     ndim = data[3]
     header_size = 4 + 4 * ndim
-    if ndim == 0 or len(data) < header_size:
-        raise PipelineError(f"{name}: IDX header truncated or with 0 dimensions (ndim={ndim})")
+    if not 1 <= ndim <= 3:
+        raise PipelineError(f"{name}: IDX with {ndim} dimensions, expected 1 to 3")
+    if len(data) < header_size:
+        raise PipelineError(f"{name}: IDX header truncated: {len(data)} bytes")
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     expected = header_size + math.prod(shape)
     if len(data) != expected:

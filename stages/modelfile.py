@@ -1,12 +1,13 @@
 """models/model.npz: the layers and the activation, in a file np.load reads without pickle."""
 
+import re
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from stages.errors import PipelineError
-from stages.files import save_npz
+from stages.files import ZIP_MAGIC, check_magic, save_npz
 from stages.network import ACTIVATIONS
 
 
@@ -18,15 +19,14 @@ def save(path: Path, weights: list[np.ndarray], biases: list[np.ndarray], activa
 
 
 def load(path: Path) -> tuple[list[np.ndarray], list[np.ndarray], str]:
-    """(weights, biases, activation), checked to chain into a valid network."""
+    """(weights, biases, activation), checked to chain into a valid float32 network."""
+    check_magic(path, ZIP_MAGIC, "model (.npz)")
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {name: npz[name] for name in npz.files}
-    except FileNotFoundError as err:
-        raise PipelineError(f"{path}: not found (run the train stage first)") from err
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as err:
         raise PipelineError(f"{path}: not a readable model file: {err}") from err
-    layers = sum(1 for name in arrays if name.startswith("W"))
+    layers = sum(1 for name in arrays if re.fullmatch(r"W\d+", name))
     try:
         activation = str(arrays.pop("activation"))
         weights = [arrays.pop(f"W{i}") for i in range(layers)]
@@ -36,8 +36,8 @@ def load(path: Path) -> tuple[list[np.ndarray], list[np.ndarray], str]:
     if activation not in ACTIVATIONS:
         raise PipelineError(f"{path}: unknown activation {activation!r}")
     for i, (w, b) in enumerate(zip(weights, biases, strict=True)):
-        if not all(isinstance(a, np.ndarray) and a.dtype.kind == "f" for a in (w, b)):
-            raise PipelineError(f"{path}: layer {i} is not floating-point arrays")
+        if not all(isinstance(a, np.ndarray) and a.dtype == np.float32 for a in (w, b)):
+            raise PipelineError(f"{path}: layer {i} is not float32 arrays")
         fits = w.ndim == 2 and b.shape == (w.shape[1],)
         if not fits or (i and w.shape[0] != weights[i - 1].shape[1]):
             raise PipelineError(f"{path}: layer {i} shapes W{w.shape} b{b.shape} do not chain")

@@ -86,6 +86,7 @@ def _https_url(url: str) -> str | None:
 RULES: dict[str, typing.Callable[[Any], str | None]] = {
     "fetch.sources": lambda v: _non_empty(v) or _each(_one_of(SOURCES))(v),
     "fetch.mirrors": _each(_https_url),
+    "fetch.local_dir": lambda v: None if v.strip() else "must name a directory",
     "preprocess.val_size": _at_least(1),
     "train.hidden": _each(_at_least(1)),
     "train.activation": _one_of(ACTIVATIONS),
@@ -100,11 +101,14 @@ RULES: dict[str, typing.Callable[[Any], str | None]] = {
 def load_params(path: Path = PARAMS_FILE) -> Params:
     """The validated contents of params.yaml; a PipelineError names the first bad key."""
     try:
-        raw = yaml.load(Path(path).read_text(), Loader=_UniqueKeyLoader)  # a SafeLoader
+        with open(path, encoding="utf-8") as stream:
+            raw = yaml.load(stream, Loader=_UniqueKeyLoader)  # a SafeLoader
     except FileNotFoundError as err:
         raise PipelineError(f"{path}: not found") from err
-    except (OSError, UnicodeDecodeError) as err:
-        raise PipelineError(f"{path}: cannot read: {err}") from err
+    except OSError as err:
+        raise PipelineError(f"{path}: cannot read: {err.strerror}") from err
+    except UnicodeDecodeError as err:
+        raise PipelineError(f"{path}: cannot read: not UTF-8 text ({err.reason})") from err
     except yaml.YAMLError as err:
         raise PipelineError(f"{path}: invalid YAML: {' '.join(str(err).split())}") from err
     params = _build(Params, raw, str(path), "")
@@ -117,7 +121,10 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     """SafeLoader that refuses a key given twice, which would otherwise silently win."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        keys = [self.construct_object(key, deep=deep) for key, _ in node.value]
+        # Keys pulled in by a `<<:` merge may legitimately be overridden, so only the
+        # mapping's own keys must be unique.
+        keys = [self.construct_object(key, deep=deep) for key, _ in node.value
+                if key.tag != "tag:yaml.org,2002:merge"]
         for key in keys:
             if keys.count(key) > 1:
                 raise yaml.constructor.ConstructorError(

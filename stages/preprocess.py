@@ -10,7 +10,7 @@ from stages.params import load_params
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m stages.preprocess", description=__doc__)
     parser.add_argument("--raw", type=Path, required=True, help="directory of MNIST IDX files")
     parser.add_argument("--out", type=Path, required=True, help="directory for the .npy files")
     args = parser.parse_args()

@@ -83,6 +83,8 @@ def first_verified(
 
 def from_local(directory: Path) -> Files:
     """The files from a directory holding each one as NAME or NAME.gz."""
+    if not directory.is_dir():
+        raise PipelineError(f"{directory}: no such directory")
     files = {}
     for name in mnist.FILE_NAMES:
         plain, packed = directory / name, directory / f"{name}.gz"

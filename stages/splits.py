@@ -23,6 +23,9 @@ def load_split(directory: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
                             f"expected float32 ({len(x)}, {CLASSES})")
     if not len(x):
         raise PipelineError(f"{directory}/x_{split}.npy: holds no examples")
+    # min/max also catch NaN: any comparison with it is false.
+    if not (x.min() >= 0 and x.max() <= 1):
+        raise PipelineError(f"{directory}/x_{split}.npy: pixels outside [0, 1] or not numbers")
     if not (np.isin(y, (0, 1)).all() and (y.sum(axis=1) == 1).all()):
         raise PipelineError(f"{directory}/y_{split}.npy: rows are not one-hot")
     return x, y

@@ -21,7 +21,7 @@ def history_csv(history: list[dict[str, float]]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m stages.train", description=__doc__)
     parser.add_argument("--data", type=Path, required=True, help="directory of prepared .npy")
     parser.add_argument("--model", type=Path, required=True, help="where to write model.npz")
     parser.add_argument("--metrics", type=Path, required=True, help="where to write the scores")
@@ -32,15 +32,17 @@ def main() -> None:
     val_set = splits.load_split(args.data, "val")
     if params.batch_size > len(train_set[0]):
         raise PipelineError(f"params.yaml: train.batch_size: must be at most the "
-                            f"{len(train_set[0])} training images, got {params.batch_size}")
+                            f"{len(train_set[0])} training images left by preprocess.val_size, "
+                            f"got {params.batch_size}")
 
-    rng = np.random.default_rng(params.seed)
+    # Separate streams, so changing the architecture does not also change the batch order.
+    init_rng, shuffle_rng = np.random.default_rng(params.seed).spawn(2)
     sizes = [splits.PIXELS, *params.hidden, splits.CLASSES]
-    weights, biases = network.init_layers(sizes, rng)
+    weights, biases = network.init_layers(sizes, init_rng)
     started = time.perf_counter()
     history = training.train(weights, biases, train_set, val_set, activation=params.activation,
                              lr=params.lr, epochs=params.epochs, batch_size=params.batch_size,
-                             rng=rng)
+                             rng=shuffle_rng)
     print(f"trained {'-'.join(map(str, sizes))} in {time.perf_counter() - started:.1f} s")
 
     last = history[-1]

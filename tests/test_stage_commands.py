@@ -69,6 +69,7 @@ def test_train_with_a_batch_larger_than_the_data(project):
 def test_train_then_evaluate_on_tiny_data(project):
     set_param(project, "train", "epochs", 2)
     set_param(project, "train", "batch_size", 8)
+    set_param(project, "evaluate", "samples", 3)
     assert run_stage(project, "train", *TRAIN_ARGS).returncode == 0
     assert (project / "out" / "history.csv").read_text().count("\n") == 3
     result = run_stage(project, "evaluate", "--data", "data", "--model", "out/model.npz",
@@ -106,5 +107,26 @@ def test_fetch_when_every_source_fails(project):
     set_param(project, "fetch", "local_dir", "no-such-dir")
     result = run_stage(project, "fetch", "--out", "raw")
     assert_one_line_error(result, "no source gave verified MNIST files; local no-such-dir: "
-                                  "no-such-dir: has neither train-images-idx3-ubyte")
+                                  "no-such-dir: no such directory")
     assert not (project / "raw").exists()
+
+
+def test_evaluate_refuses_more_samples_than_test_images(project):
+    weights, biases = network.init_layers([784, 10, 10], np.random.default_rng(0))
+    modelfile.save(project / "model.npz", weights, biases, "relu")
+    set_param(project, "evaluate", "samples", 7)
+    result = run_stage(project, "evaluate", "--data", "data", "--model", "model.npz",
+                       "--out", "results")
+    assert_one_line_error(result, "evaluate.samples: must be at most the 6 test images, got 7")
+    assert not (project / "results").exists()
+
+
+def test_evaluate_refuses_a_model_with_nan_weights(project):
+    weights, biases = network.init_layers([784, 10, 10], np.random.default_rng(0))
+    weights[1][0, 0] = np.nan
+    modelfile.save(project / "model.npz", weights, biases, "relu")
+    set_param(project, "evaluate", "samples", 3)
+    result = run_stage(project, "evaluate", "--data", "data", "--model", "model.npz",
+                       "--out", "results")
+    assert_one_line_error(result, "model.npz: gives non-finite outputs on the test set")
+    assert not (project / "results").exists()
