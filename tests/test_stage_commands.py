@@ -52,6 +52,17 @@ TRAIN_ARGS = ("--data", "data", "--model", "out/model.npz", "--metrics", "out/tr
               "--history", "out/history.csv")
 
 
+def evaluate(project: Path, model: str = "model.npz") -> subprocess.CompletedProcess:
+    return run_stage(project, "evaluate", "--data", "data", "--model", model, "--out", "results")
+
+
+def save_model(project: Path, sizes: list[int], nan_weight: bool = False) -> None:
+    weights, biases = network.init_layers(sizes, np.random.default_rng(0))
+    if nan_weight:
+        weights[-1][0, 0] = np.nan
+    modelfile.save(project / "model.npz", weights, biases, "relu")
+
+
 def test_train_with_a_bad_learning_rate(project):
     set_param(project, "train", "lr", -1)
     result = run_stage(project, "train", *TRAIN_ARGS)
@@ -72,8 +83,7 @@ def test_train_then_evaluate_on_tiny_data(project):
     set_param(project, "evaluate", "samples", 3)
     assert run_stage(project, "train", *TRAIN_ARGS).returncode == 0
     assert (project / "out" / "history.csv").read_text().count("\n") == 3
-    result = run_stage(project, "evaluate", "--data", "data", "--model", "out/model.npz",
-                       "--out", "results")
+    result = evaluate(project, "out/model.npz")
     assert result.returncode == 0, result.stderr
     lines = (project / "results" / "predictions.csv").read_text().splitlines()
     assert lines[0] == "actual,predicted"
@@ -81,11 +91,9 @@ def test_train_then_evaluate_on_tiny_data(project):
 
 
 def test_evaluate_with_a_model_for_other_data(project):
-    weights, biases = network.init_layers([100, 10, 10], np.random.default_rng(0))
-    modelfile.save(project / "model.npz", weights, biases, "relu")
-    result = run_stage(project, "evaluate", "--data", "data", "--model", "model.npz",
-                       "--out", "results")
-    assert_one_line_error(result, "model.npz: maps 100 inputs to 10 classes, data has 784")
+    save_model(project, [100, 10, 10])
+    assert_one_line_error(evaluate(project),
+                          "model.npz: maps 100 inputs to 10 classes, data has 784")
     assert not (project / "results").exists()
 
 
@@ -112,21 +120,15 @@ def test_fetch_when_every_source_fails(project):
 
 
 def test_evaluate_refuses_more_samples_than_test_images(project):
-    weights, biases = network.init_layers([784, 10, 10], np.random.default_rng(0))
-    modelfile.save(project / "model.npz", weights, biases, "relu")
+    save_model(project, [784, 10, 10])
     set_param(project, "evaluate", "samples", 7)
-    result = run_stage(project, "evaluate", "--data", "data", "--model", "model.npz",
-                       "--out", "results")
-    assert_one_line_error(result, "evaluate.samples: must be at most the 6 test images, got 7")
+    assert_one_line_error(evaluate(project),
+                          "evaluate.samples: must be at most the 6 test images, got 7")
     assert not (project / "results").exists()
 
 
 def test_evaluate_refuses_a_model_with_nan_weights(project):
-    weights, biases = network.init_layers([784, 10, 10], np.random.default_rng(0))
-    weights[1][0, 0] = np.nan
-    modelfile.save(project / "model.npz", weights, biases, "relu")
+    save_model(project, [784, 10, 10], nan_weight=True)
     set_param(project, "evaluate", "samples", 3)
-    result = run_stage(project, "evaluate", "--data", "data", "--model", "model.npz",
-                       "--out", "results")
-    assert_one_line_error(result, "model.npz: gives non-finite outputs on the test set")
+    assert_one_line_error(evaluate(project), "model.npz: gives non-finite outputs on the test set")
     assert not (project / "results").exists()
