@@ -19,7 +19,10 @@ from stages.urls import check_url
 
 PARAMS_FILE = Path("params.yaml")
 SOURCES = ("pypi", "mirror", "local")
-ACTIVATIONS = ("relu",)
+ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid")
+INITS = ("he", "glorot", "uniform")
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam")
+SCHEDULES = ("constant", "step", "cosine", "linear")
 
 
 @dataclass(frozen=True)
@@ -39,15 +42,27 @@ class Preprocess:
 class Train:
     hidden: list[int]
     activation: str
+    init: str
+    optimizer: str
+    momentum: float
     lr: float
+    lr_schedule: str
+    lr_min: float
+    lr_step_epochs: int
+    lr_step_factor: float
+    weight_decay: float
     epochs: int
     batch_size: int
+    dropout: float
+    shift: int
+    patience: int
     seed: int
 
 
 @dataclass(frozen=True)
 class Evaluate:
     samples: int
+    mistakes: int
 
 
 @dataclass(frozen=True)
@@ -60,6 +75,11 @@ class Params:
 
 def _at_least(low: float) -> typing.Callable[[Any], str | None]:
     return lambda v: None if v >= low else f"must be >= {low}"
+
+
+def _within(low: float, high: float) -> typing.Callable[[Any], str | None]:
+    """A half-open [low, high) check, for rates where `high` would mean all or nothing."""
+    return lambda v: None if low <= v < high else f"must be >= {low} and < {high}"
 
 
 def _each(check: typing.Callable[[Any], str | None]) -> typing.Callable[[list], str | None]:
@@ -90,11 +110,23 @@ RULES: dict[str, typing.Callable[[Any], str | None]] = {
     "preprocess.val_size": _at_least(1),
     "train.hidden": _each(_at_least(1)),
     "train.activation": _one_of(ACTIVATIONS),
+    "train.init": _one_of(INITS),
+    "train.optimizer": _one_of(OPTIMIZERS),
+    "train.momentum": _within(0, 1),
     "train.lr": lambda v: None if 0 < v < math.inf else "must be > 0 and finite",
+    "train.lr_schedule": _one_of(SCHEDULES),
+    "train.lr_min": lambda v: None if 0 <= v < math.inf else "must be >= 0 and finite",
+    "train.lr_step_epochs": _at_least(1),
+    "train.lr_step_factor": lambda v: None if 0 < v <= 1 else "must be in (0, 1]",
+    "train.weight_decay": lambda v: None if 0 <= v < math.inf else "must be >= 0 and finite",
     "train.epochs": _at_least(1),
     "train.batch_size": _at_least(1),
+    "train.dropout": _within(0, 1),
+    "train.shift": lambda v: None if 0 <= v <= 4 else "must be from 0 to 4 pixels",
+    "train.patience": _at_least(0),
     "train.seed": _at_least(0),
     "evaluate.samples": _at_least(0),
+    "evaluate.mistakes": _at_least(0),
 }
 
 
@@ -114,6 +146,10 @@ def load_params(path: Path = PARAMS_FILE) -> Params:
     params = _build(Params, raw, str(path), "")
     if "mirror" in params.fetch.sources and not params.fetch.mirrors:
         raise PipelineError(f"{path}: fetch.mirrors: must list a URL when fetch.sources has mirror")
+    train = params.train
+    if train.lr_min > train.lr:
+        raise PipelineError(f"{path}: train.lr_min: must be at most train.lr ({train.lr}), "
+                            f"got {train.lr_min}")
     return params
 
 
