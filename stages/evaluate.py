@@ -1,16 +1,18 @@
-"""Stage evaluate: test accuracy and loss, every prediction, and a table of sample digits."""
+"""Stage evaluate: the final model's scores on every split, every test prediction, and the
+sample and mistaken test digits as tables and pictures."""
 
 import argparse
 from pathlib import Path
 
 import numpy as np
 
-from stages import modelfile, network, splits
+from stages import drawing, metrics, modelfile, network, splits
 from stages.errors import PipelineError, run_stage
-from stages.files import write_json, write_text
+from stages.files import write_bytes, write_json, write_text
 from stages.params import load_params
 
 LOGGED_SAMPLES = 20  # the log shows the head of the table; the file holds all of it
+DIGITS = 6  # decimals kept in metrics.json
 
 
 def samples_table(samples: list[dict]) -> str:
@@ -21,6 +23,41 @@ def samples_table(samples: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def model_logits(model: tuple[list[np.ndarray], list[np.ndarray], str], path: Path,
+                 x: np.ndarray, y: np.ndarray, split: str) -> np.ndarray:
+    """The model's logits for one split, refusing a model that does not fit the data."""
+    weights, biases, activation = model
+    if weights[0].shape[0] != x.shape[1] or weights[-1].shape[1] != y.shape[1]:
+        raise PipelineError(f"{path}: maps {weights[0].shape[0]} inputs to "
+                            f"{weights[-1].shape[1]} classes, data has {x.shape[1]} and "
+                            f"{y.shape[1]}")
+    logits = network.logits_in_chunks(weights, biases, x, activation)
+    if not np.isfinite(logits).all():
+        raise PipelineError(f"{path}: gives non-finite outputs on the {split} set")
+    return logits
+
+
+def scores(logits: np.ndarray, y: np.ndarray) -> dict:
+    loss, accuracy = network.score(logits, y)
+    return {"accuracy": round(accuracy, DIGITS), "loss": round(loss, DIGITS)}
+
+
+def samples_grid(x: np.ndarray, actual: np.ndarray, predicted: np.ndarray, count: int) -> bytes:
+    pairs = list(zip(predicted[:count], actual[:count], strict=True))
+    return drawing.png_bytes(drawing.digit_grid(
+        x[:count], [f"{p} / {a}" for p, a in pairs], [bool(p != a) for p, a in pairs],
+        f"The first {count} test images, predicted / actual (red: wrong)"))
+
+
+def mistakes_grid(x: np.ndarray, actual: np.ndarray, predicted: np.ndarray,
+                  confidence: np.ndarray, count: int) -> bytes:
+    chosen = metrics.most_confident_mistakes(actual, predicted, confidence, count)
+    return drawing.png_bytes(drawing.digit_grid(
+        x[chosen], [f"{predicted[i]} / {actual[i]}\n{confidence[i]:.3f}" for i in chosen],
+        [True] * len(chosen), f"The {len(chosen)} most confidently wrong test images: "
+                              "predicted / actual, confidence"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m stages.evaluate", description=__doc__)
     parser.add_argument("--data", type=Path, required=True, help="directory of prepared .npy")
@@ -28,34 +65,35 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="directory for the results")
     args = parser.parse_args()
     params = load_params().evaluate
+    model = modelfile.load(args.model)
     x_test, y_test = splits.load_split(args.data, "test")
-    weights, biases, activation = modelfile.load(args.model)
-    if weights[0].shape[0] != x_test.shape[1] or weights[-1].shape[1] != y_test.shape[1]:
-        raise PipelineError(f"{args.model}: maps {weights[0].shape[0]} inputs to "
-                            f"{weights[-1].shape[1]} classes, data has {x_test.shape[1]} and "
-                            f"{y_test.shape[1]}")
-
+    logits = model_logits(model, args.model, x_test, y_test, "test")
     if params.samples > len(x_test):
         raise PipelineError(f"params.yaml: evaluate.samples: must be at most the {len(x_test)} "
                             f"test images, got {params.samples}")
-
-    logits = network.logits_in_chunks(weights, biases, x_test, activation)
-    if not np.isfinite(logits).all():
-        raise PipelineError(f"{args.model}: gives non-finite outputs on the test set")
-    loss, accuracy = network.score(logits, y_test)
     actual, predicted = y_test.argmax(axis=1), logits.argmax(axis=1)
     confidence = network.softmax(logits).max(axis=1)
+    results = {"test": scores(logits, y_test) | metrics.summary(
+        metrics.confusion_matrix(actual, predicted, y_test.shape[1]), DIGITS)}
+    # Train and validation scores of the final model, next to the test ones.
+    for split in ("train", "val"):
+        x, y = splits.load_split(args.data, split)
+        results[split] = scores(model_logits(model, args.model, x, y, split), y)
     samples = [{"index": i, "predicted": int(predicted[i]), "actual": int(actual[i]),
-                "confidence": round(float(confidence[i]), 4)}
-               for i in range(params.samples)]
+                "confidence": round(float(confidence[i]), 4)} for i in range(params.samples)]
+    samples_png = samples_grid(x_test, actual, predicted, params.samples)
+    mistakes_png = mistakes_grid(x_test, actual, predicted, confidence, params.mistakes)
 
-    write_json(args.out / "metrics.json",
-               {"test": {"accuracy": round(accuracy, 6), "loss": round(loss, 6)}})
+    write_json(args.out / "metrics.json", results)
     write_text(args.out / "predictions.csv", "actual,predicted\n" + "".join(
         f"{a},{p}\n" for a, p in zip(actual, predicted, strict=True)))
     write_json(args.out / "samples.json", samples)
     write_text(args.out / "samples.md", samples_table(samples))
-    print(f"test accuracy {accuracy:.4f}, loss {loss:.4f}, on {len(x_test)} images")
+    write_bytes(args.out / "samples.png", samples_png)
+    write_bytes(args.out / "mistakes.png", mistakes_png)
+    test, train, val = results["test"], results["train"], results["val"]
+    print(f"test accuracy {test['accuracy']:.4f}, loss {test['loss']:.4f}, on {len(x_test)} "
+          f"images; train accuracy {train['accuracy']:.4f}, val {val['accuracy']:.4f}")
     print(samples_table(samples[:LOGGED_SAMPLES]), end="")
 
 

@@ -1,50 +1,162 @@
-"""A fully connected network: ReLU hidden layers, a softmax output, cross-entropy loss.
+"""A fully connected network: hidden layers, a softmax output, cross-entropy loss.
 
 Rows are examples. Layer l maps a (batch, n_in) array to (batch, n_out) with a @ W[l] + b[l];
 every hidden layer then applies the activation, the last one gives the logits.
+
+All parameters live in one flat float32 vector, weights first, then biases; the per-layer arrays
+are views into it. An optimiser then updates the whole network with a few whole-vector
+operations, and weight decay touches the weights alone as one contiguous slice.
+
+Training keeps, per hidden layer, its output a and its slope da/dz (dropout's mask folded in):
+with those, backprop is two matrix products per layer, as in Nielsen's network2.
 """
 
+import math
 from itertools import pairwise
 
 import numpy as np
 
-# (weights, biases), or their gradients: one array per layer in each list.
-Layers = tuple[list[np.ndarray], list[np.ndarray]]
+LEAK = 0.01  # leaky_relu's slope for negative inputs
 
 
+# Activations overwrite z with a = f(z); slopes write f'(z), computed from a alone, into `out`.
 def relu(z: np.ndarray) -> np.ndarray:
-    return np.maximum(z, 0)
+    return np.maximum(z, 0, out=z)
 
 
-def relu_slope(a: np.ndarray) -> np.ndarray:
-    """dReLU/dz written in terms of the output a = relu(z), which is what forward keeps."""
-    return (a > 0).astype(a.dtype)
+def relu_slope(a: np.ndarray, out: np.ndarray) -> np.ndarray:
+    return np.greater(a, 0, out=out)
 
 
-ACTIVATIONS = {"relu": (relu, relu_slope)}
+def leaky_relu(z: np.ndarray) -> np.ndarray:
+    return np.maximum(z, LEAK * z, out=z)
 
 
-def init_layers(sizes: list[int], rng: np.random.Generator, dtype: type = np.float32) -> Layers:
-    """He-initialised weights (std sqrt(2 / fan_in), which keeps ReLU outputs' variance level
-    from layer to layer) and zero biases for layer widths `sizes`, input first."""
-    weights = [
-        (rng.standard_normal((n_in, n_out)) * np.sqrt(2.0 / n_in)).astype(dtype)
-        for n_in, n_out in pairwise(sizes)
-    ]
-    biases = [np.zeros(n_out, dtype) for n_out in sizes[1:]]
+def leaky_relu_slope(a: np.ndarray, out: np.ndarray) -> np.ndarray:
+    np.greater(a, 0, out=out)
+    out *= 1 - LEAK
+    out += LEAK
+    return out
+
+
+def tanh(z: np.ndarray) -> np.ndarray:
+    return np.tanh(z, out=z)
+
+
+def tanh_slope(a: np.ndarray, out: np.ndarray) -> np.ndarray:
+    np.multiply(a, a, out=out)
+    return np.subtract(1, out, out=out)
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    # 1 / (1 + exp(-z)) overflows for very negative z; the tanh form never does.
+    z *= 0.5
+    np.tanh(z, out=z)
+    z += 1
+    z *= 0.5
+    return z
+
+
+def sigmoid_slope(a: np.ndarray, out: np.ndarray) -> np.ndarray:
+    np.subtract(1, a, out=out)
+    out *= a
+    return out
+
+
+ACTIVATIONS = {
+    "relu": (relu, relu_slope),
+    "leaky_relu": (leaky_relu, leaky_relu_slope),
+    "tanh": (tanh, tanh_slope),
+    "sigmoid": (sigmoid, sigmoid_slope),
+}
+
+
+def init_weights(n_in: int, n_out: int, scheme: str, rng: np.random.Generator) -> np.ndarray:
+    if scheme == "he":  # std sqrt(2 / fan_in) keeps ReLU outputs' variance level across layers
+        return rng.standard_normal((n_in, n_out)) * math.sqrt(2.0 / n_in)
+    if scheme == "glorot":  # Var 2 / (fan_in + fan_out), suited to tanh and sigmoid
+        limit = math.sqrt(6.0 / (n_in + n_out))
+        return rng.uniform(-limit, limit, (n_in, n_out))
+    if scheme == "uniform":  # the classic from-scratch notebooks' rand() - 0.5
+        return rng.uniform(-0.5, 0.5, (n_in, n_out))
+    raise ValueError(f"unknown init scheme {scheme!r}")
+
+
+def layer_views(flat: np.ndarray, sizes: list[int]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(weights, biases): views into `flat`, laid out as every W, then every b."""
+    weights, biases, start = [], [], 0
+    for n_in, n_out in pairwise(sizes):
+        weights.append(flat[start : start + n_in * n_out].reshape(n_in, n_out))
+        start += n_in * n_out
+    for n_out in sizes[1:]:
+        biases.append(flat[start : start + n_out])
+        start += n_out
     return weights, biases
 
 
-def forward(
-    weights: list[np.ndarray], biases: list[np.ndarray], x: np.ndarray, activation: str
-) -> list[np.ndarray]:
-    """Every layer's output, the input first and the logits last: all that backward needs."""
+def n_weights(sizes: list[int]) -> int:
+    return sum(n_in * n_out for n_in, n_out in pairwise(sizes))
+
+
+def n_params(sizes: list[int]) -> int:
+    return n_weights(sizes) + sum(sizes[1:])
+
+
+def init_params(sizes: list[int], scheme: str, rng: np.random.Generator,
+                dtype: type = np.float32) -> np.ndarray:
+    """A flat parameter vector for layer widths `sizes` (input first): weights drawn by
+    `scheme`, biases zero."""
+    flat = np.zeros(n_params(sizes), dtype)
+    for w, (n_in, n_out) in zip(layer_views(flat, sizes)[0], pairwise(sizes), strict=True):
+        w[...] = init_weights(n_in, n_out, scheme, rng)
+    return flat
+
+
+def init_layers(sizes: list[int], rng: np.random.Generator, scheme: str = "he",
+                dtype: type = np.float32) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(weights, biases) of a freshly initialised network, as views into one flat vector."""
+    return layer_views(init_params(sizes, scheme, rng, dtype), sizes)
+
+
+def logits_in_chunks(
+    weights: list[np.ndarray], biases: list[np.ndarray], x: np.ndarray, activation: str,
+    chunk: int = 10_000,
+) -> np.ndarray:
+    """The network's logits for `x`, a chunk of rows at a time to bound memory."""
     act, _ = ACTIVATIONS[activation]
-    outputs = [x]
-    for w, b in zip(weights[:-1], biases[:-1], strict=True):
-        outputs.append(act(outputs[-1] @ w + b))
-    outputs.append(outputs[-1] @ weights[-1] + biases[-1])
-    return outputs
+    out = np.empty((len(x), len(biases[-1])), np.float32)
+    for start in range(0, len(x), chunk):
+        a = x[start : start + chunk]
+        for w, b in zip(weights[:-1], biases[:-1], strict=True):
+            a = act(a @ w + b)
+        np.matmul(a, weights[-1], out=out[start : start + chunk])
+    out += biases[-1]
+    return out
+
+
+def forward(
+    weights: list[np.ndarray], biases: list[np.ndarray], x: np.ndarray, activation: str,
+    masks: list[np.ndarray] | None = None,
+    out: tuple[list[np.ndarray], list[np.ndarray]] | None = None,
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(outputs, slopes) for training: every layer's output, x first and logits last, and every
+    hidden layer's da/dz. `masks` are dropout's (0 or 1/keep per unit); `out` holds buffers of
+    at least len(x) rows to write into instead of allocating."""
+    act, slope = ACTIVATIONS[activation]
+    outputs, slopes = [x], []
+    rows = len(x)
+    for layer, (w, b) in enumerate(zip(weights, biases, strict=True)):
+        z = np.matmul(outputs[-1], w, out=out[0][layer][:rows] if out else None)
+        z += b
+        if layer < len(weights) - 1:
+            a = act(z)
+            s = slope(a, out[1][layer][:rows] if out else np.empty_like(a))
+            if masks:
+                a *= masks[layer][:rows]
+                s *= masks[layer][:rows]
+            slopes.append(s)
+        outputs.append(z)
+    return outputs, slopes
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -62,34 +174,45 @@ def cross_entropy(logits: np.ndarray, targets: np.ndarray) -> float:
     return float(-(targets * log_softmax(logits)).sum() / len(logits))
 
 
+def output_delta(logits: np.ndarray, targets: np.ndarray, out: np.ndarray | None = None,
+                 scale: float = 1.0) -> np.ndarray:
+    """dLoss/dlogits of `scale` times the mean cross-entropy: softmax followed by
+    cross-entropy collapses to scale * (softmax(logits) - targets) / batch."""
+    # ufunc.reduce rather than .max()/.sum(): per-call overhead counts at small batch sizes.
+    delta = np.subtract(logits, np.maximum.reduce(logits, axis=1, keepdims=True), out=out)
+    np.exp(delta, out=delta)
+    delta /= np.add.reduce(delta, axis=1, keepdims=True)
+    delta -= targets
+    delta *= scale / len(delta)
+    return delta
+
+
 def backward(
-    weights: list[np.ndarray], outputs: list[np.ndarray], targets: np.ndarray, activation: str
-) -> Layers:
-    """Gradients of the mean cross-entropy with respect to every weight and bias."""
-    _, slope = ACTIVATIONS[activation]
-    # For softmax followed by cross-entropy, dLoss/dlogits collapses to (p - y) / batch.
-    delta = (softmax(outputs[-1]) - targets) / len(targets)
-    grad_w, grad_b = [], []
+    weights: list[np.ndarray], outputs: list[np.ndarray], slopes: list[np.ndarray],
+    delta: np.ndarray, grad_w: list[np.ndarray], grad_b: list[np.ndarray],
+    deltas: list[np.ndarray] | None = None,
+) -> None:
+    """Write the loss gradients into grad_w and grad_b, given the output layer's `delta`.
+    `deltas` are optional buffers for the hidden layers' deltas."""
+    rows = len(delta)
     for layer in reversed(range(len(weights))):
-        grad_w.append(outputs[layer].T @ delta)
-        grad_b.append(delta.sum(axis=0))
-        if layer:
-            delta = (delta @ weights[layer].T) * slope(outputs[layer])
-    return grad_w[::-1], grad_b[::-1]
+        np.matmul(outputs[layer].T, delta, out=grad_w[layer])
+        np.add.reduce(delta, axis=0, out=grad_b[layer])
+        if layer:  # the input needs no delta
+            delta = np.matmul(delta, weights[layer].T,
+                              out=deltas[layer - 1][:rows] if deltas else None)
+            delta *= slopes[layer - 1]
+
+
+def add_weight_decay(grad: np.ndarray, params: np.ndarray, sizes: list[int], l2: float,
+                     scratch: np.ndarray | None = None) -> None:
+    """Add the gradient of (l2 / 2) * sum(W**2): the weights only, which lead the flat vector."""
+    count = n_weights(sizes)
+    decay = np.multiply(params[:count], l2, out=None if scratch is None else scratch[:count])
+    grad[:count] += decay
 
 
 def score(logits: np.ndarray, targets: np.ndarray) -> tuple[float, float]:
     """(mean cross-entropy, accuracy) of logits against one-hot targets."""
     accuracy = float((logits.argmax(axis=1) == targets.argmax(axis=1)).mean())
     return cross_entropy(logits, targets), accuracy
-
-
-def logits_in_chunks(
-    weights: list[np.ndarray], biases: list[np.ndarray], x: np.ndarray, activation: str,
-    chunk: int = 10_000,
-) -> np.ndarray:
-    """The logits for all of `x`, computed a chunk at a time to bound memory."""
-    return np.concatenate([
-        forward(weights, biases, x[start : start + chunk], activation)[-1]
-        for start in range(0, len(x), chunk)
-    ])

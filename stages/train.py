@@ -1,4 +1,4 @@
-"""Stage train: fit the network with mini-batch SGD and keep its scores per epoch."""
+"""Stage train: fit the network to the training split and keep its scores per epoch."""
 
 import argparse
 import time
@@ -35,23 +35,23 @@ def main() -> None:
                             f"{len(train_set[0])} training images left by preprocess.val_size, "
                             f"got {params.batch_size}")
 
-    # Separate streams, so changing the architecture does not also change the batch order.
-    init_rng, shuffle_rng = np.random.default_rng(params.seed).spawn(2)
+    # Separate streams, so changing the architecture does not also change the batch order,
+    # nor turning on dropout the initial weights.
+    init_rng, shuffle_rng, noise_rng = np.random.default_rng(params.seed).spawn(3)
     sizes = [splits.PIXELS, *params.hidden, splits.CLASSES]
-    weights, biases = network.init_layers(sizes, init_rng)
+    flat = network.init_params(sizes, params.init, init_rng)
     started = time.perf_counter()
-    history = training.train(weights, biases, train_set, val_set, activation=params.activation,
-                             lr=params.lr, epochs=params.epochs, batch_size=params.batch_size,
-                             rng=shuffle_rng)
+    history = training.train(flat, sizes, train_set, val_set, params, (shuffle_rng, noise_rng))
     print(f"trained {'-'.join(map(str, sizes))} in {time.perf_counter() - started:.1f} s")
 
-    last = history[-1]
+    weights, biases = network.layer_views(flat, sizes)
+    val_loss, val_acc = training.scores(flat, sizes, params.activation, val_set)
     modelfile.save(args.model, weights, biases, params.activation)
     write_text(args.history, history_csv(history))
     write_json(args.metrics, {
         "epochs": len(history),
-        "train": {"loss": round(last["train_loss"], 6), "accuracy": round(last["train_acc"], 6)},
-        "val": {"loss": round(last["val_loss"], 6), "accuracy": round(last["val_acc"], 6)},
+        "best_val_epoch": max(history, key=lambda row: row["val_acc"])["epoch"],
+        "val": {"loss": round(val_loss, 6), "accuracy": round(val_acc, 6)},
     })
 
 

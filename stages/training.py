@@ -1,48 +1,169 @@
-"""Mini-batch stochastic gradient descent, with the training and validation scores per epoch."""
+"""Mini-batch training: shuffled batches, the gradient step, the learning-rate schedule,
+validation every epoch, early stopping and a divergence guard."""
 
+import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
-from stages import network
+from stages import augment, network, optim
 from stages.errors import PipelineError
+from stages.params import Train
+from stages.progress import Bar
+
+TRAIN_SCORE_ROWS = 10_000  # the training curve is scored on this many leading rows
 
 
-def sgd_epoch(
-    weights: list[np.ndarray], biases: list[np.ndarray], x: np.ndarray, y: np.ndarray,
-    activation: str, lr: float, batch_size: int, rng: np.random.Generator,
-) -> None:
-    """One pass over (x, y) in a fresh random order, updating the layers in place."""
-    order = rng.permutation(len(x))
-    for start in range(0, len(x), batch_size):
-        rows = order[start : start + batch_size]
-        outputs = network.forward(weights, biases, x[rows], activation)
-        grad_w, grad_b = network.backward(weights, outputs, y[rows], activation)
-        for param, grad in zip(weights + biases, grad_w + grad_b, strict=True):
-            param -= lr * grad
+@dataclass
+class Buffers:
+    """Every array a step writes, allocated once for a full batch; shorter batches use the
+    leading rows. The step then allocates nothing of the batch's size."""
+
+    x: np.ndarray
+    y: np.ndarray
+    outputs: list[np.ndarray]  # per layer: hidden outputs, then the logits
+    slopes: list[np.ndarray]  # per hidden layer
+    deltas: list[np.ndarray]  # per layer: dLoss/dz
+    masks: list[np.ndarray]  # per hidden layer, when dropout is on
+    grad: np.ndarray  # flat, laid out like the parameters
+    decay: np.ndarray | None  # scratch for weight decay, when it is on
+    grad_w: list[np.ndarray]
+    grad_b: list[np.ndarray]
+
+
+def make_buffers(sizes: list[int], rows: int, dropout: float, weight_decay: float) -> Buffers:
+    def per_layer(widths: list[int]) -> list[np.ndarray]:
+        return [np.empty((rows, width), np.float32) for width in widths]
+
+    grad = np.empty(network.n_params(sizes), np.float32)
+    return Buffers(
+        x=np.empty((rows, sizes[0]), np.float32), y=np.empty((rows, sizes[-1]), np.float32),
+        outputs=per_layer(sizes[1:]), slopes=per_layer(sizes[1:-1]), deltas=per_layer(sizes[1:]),
+        masks=per_layer(sizes[1:-1]) if dropout else [], grad=grad,
+        decay=np.empty_like(grad) if weight_decay else None,
+        grad_w=network.layer_views(grad, sizes)[0], grad_b=network.layer_views(grad, sizes)[1])
+
+
+def draw_masks(masks: list[np.ndarray], rows: int, dropout: float,
+               rng: np.random.Generator) -> None:
+    """Inverted dropout: each unit kept with probability 1 - dropout and scaled by its
+    inverse, so the expected activation matches inference, which uses no mask."""
+    keep = 1.0 - dropout
+    for mask in masks:
+        rng.random(out=mask[:rows], dtype=np.float32)
+        np.less(mask[:rows], keep, out=mask[:rows])
+        mask[:rows] *= 1.0 / keep
+
+
+def gradient(weights: list[np.ndarray], biases: list[np.ndarray], x: np.ndarray,
+             y: np.ndarray, activation: str, buffers: Buffers,
+             masks: list[np.ndarray] | None = None, scale: float = 1.0) -> np.ndarray:
+    """The gradient of `scale` times the mean cross-entropy on the batch (x, y), in
+    buffers.grad."""
+    outputs, slopes = network.forward(weights, biases, x, activation, masks,
+                                      out=(buffers.outputs, buffers.slopes))
+    delta = network.output_delta(outputs[-1], y, out=buffers.deltas[-1][: len(x)], scale=scale)
+    network.backward(weights, outputs, slopes, delta, buffers.grad_w, buffers.grad_b,
+                     buffers.deltas)
+    return buffers.grad
+
+
+def run_epoch(
+    params: np.ndarray, sizes: list[int], x: np.ndarray, y: np.ndarray, config: Train,
+    buffers: Buffers, state: optim.State, lr_at: Callable[[int], float], first_step: int,
+    rngs: tuple[np.random.Generator, np.random.Generator], bar: Bar | None = None,
+) -> float:
+    """One pass over (x, y) in a fresh random order, updating `params` in place; returns the
+    last learning rate used. Step numbers start at `first_step`, for the schedule."""
+    shuffle_rng, noise_rng = rngs
+    update = optim.OPTIMIZERS[config.optimizer]
+    batch = min(config.batch_size, len(x))
+    # One batch covering the set needs no gather: its order changes nothing.
+    whole = batch == len(x) and not config.shift
+    order = None if whole else shuffle_rng.permutation(len(x))
+    weights, biases = network.layer_views(params, sizes)
+    lr = config.lr
+    for step, start in enumerate(range(0, len(x), batch)):
+        if whole:
+            xb, yb = x, y
+        else:
+            rows = order[start : start + batch]
+            # mode="clip" lets take() write straight into the buffer (rows are in range).
+            xb = x.take(rows, axis=0, out=buffers.x[: len(rows)], mode="clip")
+            yb = y.take(rows, axis=0, out=buffers.y[: len(rows)], mode="clip")
+        if config.shift:
+            augment.shift(xb, config.shift, noise_rng)
+        if config.dropout:
+            draw_masks(buffers.masks, len(xb), config.dropout, noise_rng)
+        lr = lr_at(first_step + step)
+        # Plain SGD multiplies the gradient by lr; doing that to the output delta (batch x
+        # classes) instead saves a pass over every parameter.
+        scale, step_lr = (lr, 1.0) if config.optimizer == "sgd" else (1.0, lr)
+        grad = gradient(weights, biases, xb, yb, config.activation, buffers, buffers.masks,
+                        scale)
+        if config.weight_decay:
+            network.add_weight_decay(grad, params, sizes, config.weight_decay * scale,
+                                     buffers.decay)
+        update(params, grad, state, step_lr, config.momentum)
+        if bar:
+            bar.update(start + len(xb))
+    return lr
+
+
+def scores(params: np.ndarray, sizes: list[int], activation: str,
+           data: tuple[np.ndarray, np.ndarray]) -> tuple[float, float]:
+    weights, biases = network.layer_views(params, sizes)
+    return network.score(network.logits_in_chunks(weights, biases, data[0], activation), data[1])
 
 
 def train(
-    weights: list[np.ndarray], biases: list[np.ndarray],
-    train_set: tuple[np.ndarray, np.ndarray], val_set: tuple[np.ndarray, np.ndarray], *,
-    activation: str, lr: float, epochs: int, batch_size: int, rng: np.random.Generator,
-    log: Callable[[str], None] = print,
+    params: np.ndarray, sizes: list[int], train_set: tuple[np.ndarray, np.ndarray],
+    val_set: tuple[np.ndarray, np.ndarray], config: Train,
+    rngs: tuple[np.random.Generator, np.random.Generator],
+    log: Callable[[str], None] = print, progress: bool = True,
 ) -> list[dict[str, float]]:
-    """Train the layers in place; return one row of scores per epoch."""
+    """Train the flat `params` in place; return one row of scores per epoch. With early
+    stopping on (config.patience > 0), `params` end as the best epoch's by validation accuracy.
+    """
+    x, y = train_set
+    batch = min(config.batch_size, len(x))
+    steps_per_epoch = math.ceil(len(x) / batch)
+    total_steps = steps_per_epoch * config.epochs
+
+    def lr_at(step: int) -> float:
+        return optim.learning_rate(config.lr_schedule, config.lr, config.lr_min, step,
+                                   total_steps, step // steps_per_epoch, config.lr_step_epochs,
+                                   config.lr_step_factor)
+
+    buffers = make_buffers(sizes, batch, config.dropout, config.weight_decay)
+    state = optim.init_state(config.optimizer, len(params))
+    train_view = (x[:TRAIN_SCORE_ROWS], y[:TRAIN_SCORE_ROWS])
+    best, best_acc, best_epoch = np.empty_like(params), -1.0, 0
     history = []
-    for epoch in range(1, epochs + 1):
+    for epoch in range(1, config.epochs + 1):
+        bar = Bar(f"epoch {epoch}/{config.epochs}", len(x)) if progress else None
         # A diverging run overflows; the finiteness check below reports that in one line.
         with np.errstate(over="ignore", invalid="ignore"):
-            sgd_epoch(weights, biases, *train_set, activation, lr, batch_size, rng)
-            train_loss, train_acc = network.score(
-                network.logits_in_chunks(weights, biases, train_set[0], activation), train_set[1])
-            val_loss, val_acc = network.score(
-                network.logits_in_chunks(weights, biases, val_set[0], activation), val_set[1])
-        if not np.isfinite(train_loss):
+            lr = run_epoch(params, sizes, x, y, config, buffers, state, lr_at,
+                           (epoch - 1) * steps_per_epoch, rngs, bar)
+            train_loss, train_acc = scores(params, sizes, config.activation, train_view)
+            val_loss, val_acc = scores(params, sizes, config.activation, val_set)
+        if bar:
+            bar.close()
+        if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
             raise PipelineError(f"training diverged in epoch {epoch} (train loss {train_loss}); "
-                                f"try a train.lr below {lr}")
-        history.append({"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
-                        "val_loss": val_loss, "val_acc": val_acc})
-        log(f"epoch {epoch}/{epochs}: train loss {train_loss:.4f} acc {train_acc:.4f}, "
-            f"val loss {val_loss:.4f} acc {val_acc:.4f}")
+                                f"try a train.lr below {config.lr}")
+        history.append({"epoch": epoch, "lr": lr, "train_loss": train_loss,
+                        "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc})
+        log(f"epoch {epoch}/{config.epochs}: lr {lr:.4g}, train loss {train_loss:.4f} "
+            f"acc {train_acc:.4f}, val loss {val_loss:.4f} acc {val_acc:.4f}")
+        if config.patience and val_acc > best_acc:
+            best[...], best_acc, best_epoch = params, val_acc, epoch
+        elif config.patience and epoch - best_epoch >= config.patience:
+            log(f"early stop: no better val accuracy for {config.patience} epochs")
+            break
+    if config.patience:
+        params[...] = best
+        log(f"kept epoch {best_epoch}'s weights (val accuracy {best_acc:.4f})")
     return history

@@ -3,41 +3,105 @@ import pytest
 
 from stages import network
 
+ACTIVATIONS = sorted(network.ACTIVATIONS)
+
 
 def tiny_problem(sizes, seed=0, batch=5):
+    """A float64 network with non-zero biases (so the check also covers them away from
+    ReLU's kink at zero), inputs and one-hot targets."""
     rng = np.random.default_rng(seed)
-    weights, biases = network.init_layers(sizes, rng, dtype=np.float64)
-    # Non-zero biases so the check also covers them away from the ReLU kink at zero.
-    biases = [rng.normal(0, 0.1, b.shape) for b in biases]
+    params = network.init_params(sizes, "glorot", rng, np.float64)
+    _weights, biases = network.layer_views(params, sizes)
+    for b in biases:
+        b[...] = rng.normal(0, 0.1, b.shape)
     x = rng.normal(size=(batch, sizes[0]))
     targets = np.eye(sizes[-1])[rng.integers(0, sizes[-1], batch)]
-    return weights, biases, x, targets
+    return params, x, targets
 
 
-def loss_of(weights, biases, x, targets):
-    return network.cross_entropy(network.forward(weights, biases, x, "relu")[-1], targets)
+def dropout_masks(sizes, batch, seed, keep=0.6):
+    rng = np.random.default_rng(seed)
+    return [(rng.random((batch, n)) < keep) / keep for n in sizes[1:-1]]
 
 
+def loss_of(params, sizes, x, targets, activation, l2, masks):
+    weights, biases = network.layer_views(params, sizes)
+    outputs, _ = network.forward(weights, biases, x, activation, masks)
+    penalty = 0.5 * l2 * sum((w**2).sum() for w in weights)
+    return network.cross_entropy(outputs[-1], targets) + penalty
+
+
+def analytic_gradient(params, sizes, x, targets, activation, l2, masks):
+    weights, biases = network.layer_views(params, sizes)
+    grad = np.zeros_like(params)
+    grad_w, grad_b = network.layer_views(grad, sizes)
+    outputs, slopes = network.forward(weights, biases, x, activation, masks)
+    delta = network.output_delta(outputs[-1], targets)
+    network.backward(weights, outputs, slopes, delta, grad_w, grad_b)
+    network.add_weight_decay(grad, params, sizes, l2)
+    return grad
+
+
+def numeric_gradient(params, sizes, x, targets, activation, l2, masks, eps=1e-6):
+    numeric = np.zeros_like(params)
+    for i in range(len(params)):
+        saved = params[i]
+        params[i] = saved + eps
+        up = loss_of(params, sizes, x, targets, activation, l2, masks)
+        params[i] = saved - eps
+        down = loss_of(params, sizes, x, targets, activation, l2, masks)
+        params[i] = saved
+        numeric[i] = (up - down) / (2 * eps)
+    return numeric
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("sizes", [[4, 3], [6, 5, 3], [7, 6, 5, 4]])
-def test_gradients_match_central_finite_differences(sizes):
-    weights, biases, x, targets = tiny_problem(sizes)
-    outputs = network.forward(weights, biases, x, "relu")
-    grad_w, grad_b = network.backward(weights, outputs, targets, "relu")
-    eps = 1e-6
-    for params, grads in ((weights, grad_w), (biases, grad_b)):
-        for param, grad in zip(params, grads, strict=True):
-            assert grad.shape == param.shape
-            numeric = np.zeros_like(param)
-            for i in np.ndindex(param.shape):
-                saved = param[i]
-                param[i] = saved + eps
-                up = loss_of(weights, biases, x, targets)
-                param[i] = saved - eps
-                down = loss_of(weights, biases, x, targets)
-                param[i] = saved
-                numeric[i] = (up - down) / (2 * eps)
-            scale = np.abs(numeric).max() + np.abs(grad).max()
-            assert np.abs(numeric - grad).max() / scale < 1e-6
+@pytest.mark.parametrize(("l2", "dropout"), [(0.0, False), (0.3, False), (0.0, True),
+                                             (0.1, True)])
+def test_gradients_match_central_finite_differences(activation, sizes, l2, dropout):
+    params, x, targets = tiny_problem(sizes)
+    masks = dropout_masks(sizes, len(x), seed=2) if dropout else None
+    args = (params, sizes, x, targets, activation, l2, masks)
+    grad, numeric = analytic_gradient(*args), numeric_gradient(*args)
+    scale = np.abs(numeric).max()
+    assert scale > 1e-3  # a vanishing gradient would pass any comparison
+    assert np.abs(numeric - grad).max() / scale < 1e-6
+
+
+def test_weight_decay_leaves_biases_alone():
+    sizes = [3, 2]
+    params = np.arange(1.0, 9.0)  # W is 3x2 (6 values), then b (2 values)
+    grad = np.zeros(8)
+    network.add_weight_decay(grad, params, sizes, 0.5)
+    np.testing.assert_array_equal(grad, [0.5, 1, 1.5, 2, 2.5, 3, 0, 0])
+
+
+def test_dropout_masks_silence_units_and_their_gradients():
+    sizes = [4, 6, 3]
+    params, x, targets = tiny_problem(sizes)
+    masks = [np.tile([0.0, 2.0, 0.0, 2.0, 2.0, 0.0], (len(x), 1))]
+    grad = analytic_gradient(params, sizes, x, targets, "tanh", 0.0, masks)
+    grad_w, grad_b = network.layer_views(grad, sizes)
+    dropped = [0, 2, 5]
+    assert not grad_w[0][:, dropped].any()
+    assert not grad_b[0][dropped].any()
+    assert not grad_w[1][dropped, :].any()
+    assert grad_w[0][:, [1, 3, 4]].all()
+
+
+@pytest.mark.parametrize(("activation", "z", "expected", "slope"), [
+    ("relu", [-2.0, 0.0, 3.0], [0.0, 0.0, 3.0], [0.0, 0.0, 1.0]),
+    ("leaky_relu", [-2.0, 3.0], [-0.02, 3.0], [0.01, 1.0]),
+    ("tanh", [0.0, 1.0], [0.0, np.tanh(1.0)], [1.0, 1 - np.tanh(1.0) ** 2]),
+    ("sigmoid", [0.0, 2.0, -800.0], [0.5, 1 / (1 + np.exp(-2.0)), 0.0],
+     [0.25, np.exp(-2.0) / (1 + np.exp(-2.0)) ** 2, 0.0]),
+])
+def test_activations_and_slopes_by_hand(activation, z, expected, slope):
+    act, slope_of = network.ACTIVATIONS[activation]
+    a = act(np.array([z]))
+    np.testing.assert_allclose(a, [expected], rtol=1e-12, atol=1e-300)
+    np.testing.assert_allclose(slope_of(a, np.empty_like(a)), [slope], rtol=1e-12)
 
 
 def test_softmax_is_stable_for_huge_logits():
@@ -45,6 +109,15 @@ def test_softmax_is_stable_for_huge_logits():
     probs = network.softmax(logits)
     np.testing.assert_allclose(probs, [[1, 0, 0], [1 / 3, 1 / 3, 1 / 3]], atol=1e-12)
     assert np.isfinite(network.log_softmax(logits)).all()
+    delta = network.output_delta(logits.astype(np.float32), np.eye(3, dtype=np.float32)[:2])
+    np.testing.assert_allclose(delta, [[0, 0, 0], [1 / 6, -1 / 3, 1 / 6]], atol=1e-7)
+
+
+def test_output_delta_scales():
+    logits = np.array([[np.log(3.0), 0.0]])
+    targets = np.array([[1.0, 0.0]])
+    np.testing.assert_allclose(network.output_delta(logits, targets, scale=0.5),
+                               [[-0.125, 0.125]])
 
 
 def test_cross_entropy_by_hand():
@@ -54,28 +127,72 @@ def test_cross_entropy_by_hand():
         -(np.log(0.75) + np.log(0.5)) / 2)
 
 
-def test_he_initialisation_scale_and_zero_biases():
-    weights, biases = network.init_layers([784, 500, 10], np.random.default_rng(1))
+def test_layers_are_views_into_one_vector_weights_first():
+    sizes = [3, 2, 4]
+    flat = np.arange(network.n_params(sizes), dtype=np.float32)
+    weights, biases = network.layer_views(flat, sizes)
+    assert network.n_weights(sizes) == 3 * 2 + 2 * 4 == 14
+    assert [w.shape for w in weights] == [(3, 2), (2, 4)]
+    np.testing.assert_array_equal(weights[1], np.arange(6, 14).reshape(2, 4))
+    np.testing.assert_array_equal(biases[0], [14, 15])
+    np.testing.assert_array_equal(biases[1], [16, 17, 18, 19])
+    weights[0][0, 0] = -1
+    assert flat[0] == -1
+
+
+@pytest.mark.parametrize(("scheme", "std"), [
+    ("he", np.sqrt(2 / 784)), ("glorot", np.sqrt(2 / (784 + 500))), ("uniform", np.sqrt(1 / 12)),
+])
+def test_initialisation_scales_and_zero_biases(scheme, std):
+    weights, biases = network.init_layers([784, 500, 10], np.random.default_rng(1), scheme)
     assert [w.shape for w in weights] == [(784, 500), (500, 10)]
     assert all(w.dtype == np.float32 for w in weights + biases)
-    assert weights[0].std() == pytest.approx(np.sqrt(2 / 784), rel=0.02)
-    assert weights[1].std() == pytest.approx(np.sqrt(2 / 500), rel=0.05)
+    assert weights[0].std() == pytest.approx(std, rel=0.02)
+    assert abs(weights[0].mean()) < std / 50
     assert not any(b.any() for b in biases)
 
 
-def test_forward_keeps_every_layer_and_applies_relu_to_hidden_only():
-    weights, biases, x, _ = tiny_problem([4, 6, 3])
-    outputs = network.forward(weights, biases, x, "relu")
+def test_uniform_and_glorot_bounds():
+    (w,), _ = network.init_layers([50, 30], np.random.default_rng(0), "glorot")
+    limit = np.sqrt(6 / 80)
+    assert -limit <= w.min() < -0.9 * limit
+    assert 0.9 * limit < w.max() <= limit
+    (w,), _ = network.init_layers([50, 30], np.random.default_rng(0), "uniform")
+    assert -0.5 <= w.min() < -0.45
+    assert 0.45 < w.max() <= 0.5
+
+
+def test_forward_keeps_every_layer_and_activates_hidden_only():
+    params, x, _ = tiny_problem([4, 6, 3])
+    weights, biases = network.layer_views(params, [4, 6, 3])
+    outputs, slopes = network.forward(weights, biases, x, "relu")
     assert [o.shape for o in outputs] == [(5, 4), (5, 6), (5, 3)]
     np.testing.assert_array_equal(outputs[1], np.maximum(x @ weights[0] + biases[0], 0))
+    np.testing.assert_array_equal(slopes[0], x @ weights[0] + biases[0] > 0)
     assert (outputs[-1] < 0).any()  # logits are not clipped
 
 
+def test_forward_into_buffers_equals_allocating_forward():
+    sizes = [4, 6, 5, 3]
+    params, x, _ = tiny_problem(sizes, batch=7)
+    weights, biases = network.layer_views(params, sizes)
+    buffers = ([np.full((9, n), np.nan) for n in sizes[1:]],
+               [np.full((9, n), np.nan) for n in sizes[1:-1]])
+    outputs, slopes = network.forward(weights, biases, x, "sigmoid", out=buffers)
+    want_outputs, want_slopes = network.forward(weights, biases, x, "sigmoid")
+    for got, want in zip(outputs + slopes, want_outputs + want_slopes, strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert outputs[-1].base is buffers[0][-1]
+
+
 def test_chunked_logits_equal_one_pass():
-    weights, biases, x, _ = tiny_problem([4, 6, 3], batch=25)
+    sizes = [4, 6, 3]
+    params, x, _ = tiny_problem(sizes, batch=25)
+    weights, biases = network.layer_views(params.astype(np.float32), sizes)
+    x = x.astype(np.float32)
     np.testing.assert_allclose(
-        network.logits_in_chunks(weights, biases, x, "relu", chunk=7),
-        network.forward(weights, biases, x, "relu")[-1], rtol=1e-12)
+        network.logits_in_chunks(weights, biases, x, "leaky_relu", chunk=7),
+        network.forward(weights, biases, x, "leaky_relu")[0][-1], rtol=1e-6)
 
 
 def test_score_is_loss_and_accuracy():

@@ -3,9 +3,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages import network
+from stages import network, optim
 from stages.errors import PipelineError
-from stages.params import ACTIVATIONS, load_params
+from stages.params import ACTIVATIONS, OPTIMIZERS, load_params
 
 REAL = Path(__file__).parents[1] / "params.yaml"
 
@@ -75,7 +75,23 @@ def test_missing_key_is_named(tmp_path):
         ("train", "hidden", 10, "train.hidden: expected a list, got int 10"),
         ("train", "hidden", [10, 0], "train.hidden: must be >= 1, got list"),
         ("train", "hidden", ["wide"], r"train.hidden\[0\]: expected an integer"),
-        ("train", "activation", "swish", "train.activation: must be one of relu"),
+        ("train", "activation", "swish",
+         "train.activation: must be one of relu, leaky_relu, tanh, sigmoid, got str 'swish'"),
+        ("train", "init", "zeros", "train.init: must be one of he, glorot, uniform"),
+        ("train", "optimizer", "rmsprop",
+         "train.optimizer: must be one of sgd, momentum, nesterov, adam, got str 'rmsprop'"),
+        ("train", "lr_schedule", "exp", "train.lr_schedule: must be one of constant, step, cos"),
+        ("train", "momentum", 1.0, r"train.momentum: must be >= 0 and < 1, got float 1.0"),
+        ("train", "momentum", -0.1, r"train.momentum: must be >= 0 and < 1"),
+        ("train", "dropout", 1, r"train.dropout: must be >= 0 and < 1, got int 1"),
+        ("train", "weight_decay", -1e-4, "train.weight_decay: must be >= 0 and finite"),
+        ("train", "weight_decay", "1e-3x", "train.weight_decay: expected a number, got str"),
+        ("train", "lr_min", 0.5, r"train.lr_min: must be at most train.lr \(0.1\), got 0.5"),
+        ("train", "lr_step_epochs", 0, "train.lr_step_epochs: must be >= 1"),
+        ("train", "lr_step_factor", 0, r"train.lr_step_factor: must be in \(0, 1\]"),
+        ("train", "shift", 5, "train.shift: must be from 0 to 4 pixels, got int 5"),
+        ("train", "patience", -1, "train.patience: must be >= 0"),
+        ("evaluate", "mistakes", -1, "evaluate.mistakes: must be >= 0"),
         ("train", "seed", -1, "train.seed: must be >= 0"),
         ("preprocess", "val_size", 0, "preprocess.val_size: must be >= 1"),
         ("evaluate", "samples", None, "evaluate.samples: expected an integer, got nothing"),
@@ -135,3 +151,16 @@ def test_invalid_yaml_and_missing_file(tmp_path):
 
 def test_every_allowed_activation_exists_in_the_network():
     assert set(ACTIVATIONS) == set(network.ACTIVATIONS)
+
+
+def test_every_allowed_optimiser_exists():
+    assert set(OPTIMIZERS) == set(optim.OPTIMIZERS)
+
+
+@pytest.mark.parametrize(("key", "text", "value"), [
+    ("weight_decay", "1e-4", 0.0001), ("lr_min", "1e-05", 1e-5), ("dropout", "5e-1", 0.5),
+])
+def test_every_float_key_takes_the_strings_dvc_exp_run_writes(tmp_path, key, text, value):
+    path = write(tmp_path, REAL.read_text().replace(f"  {key}: ", f"  {key}: {text} #", 1))
+    assert yaml.safe_load(path.read_text())["train"][key] == text
+    assert getattr(load_params(path).train, key) == value

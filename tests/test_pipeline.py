@@ -28,11 +28,11 @@ PROJECT = Path(__file__).resolve().parent.parent
 STAGES = ("fetch", "preprocess", "train", "evaluate")
 N_TRAIN, N_TEST, VAL_SIZE, EPOCHS = 600, 200, 100, 3
 GZIPPED = {"train-images-idx3-ubyte", "t10k-labels-idx1-ubyte"}  # the rest are written plain
-HISTORY_HEADER = "epoch,train_loss,train_acc,val_loss,val_acc"
+HISTORY_HEADER = "epoch,lr,train_loss,train_acc,val_loss,val_acc"
 # Outputs whose bytes must depend on the data and params alone.
 RESULT_FILES = ("models/model.npz", "metrics/metrics.json", "metrics/train.json",
                 "metrics/history.csv", "metrics/predictions.csv", "metrics/samples.json",
-                "metrics/samples.md")
+                "metrics/samples.md", "metrics/samples.png", "metrics/mistakes.png")
 PREPARED = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
 EXP_NAME = "lr-0-05"
 EXP_LR = 0.05
@@ -196,14 +196,15 @@ def test_repro_runs_every_stage_and_writes_every_output(pipeline: Pipeline) -> N
         assert str(model["activation"]) == pipeline.params["train"]["activation"]
     train_scores = json.loads((repo / "metrics/train.json").read_text())
     assert train_scores["epochs"] == EPOCHS
-    assert set(train_scores["train"]) == set(train_scores["val"]) == {"loss", "accuracy"}
+    assert set(train_scores) == {"epochs", "best_val_epoch", "val"}
+    assert set(train_scores["val"]) == {"loss", "accuracy"}
     history = (repo / "metrics/history.csv").read_text().splitlines()
     assert history[0] == HISTORY_HEADER
     assert [line.split(",")[0] for line in history[1:]] == ["1", "2", "3"]
 
     # evaluate: well above the 10% of guessing on this easy data set.
     test_scores = pipeline.metrics()["test"]
-    assert set(test_scores) == {"accuracy", "loss"}
+    assert set(test_scores) == {"accuracy", "loss", "macro", "per_class_accuracy"}
     assert isinstance(test_scores["accuracy"], float)
     assert test_scores["accuracy"] >= 0.5, test_scores
     assert 0 < test_scores["loss"] < np.log(10), test_scores
@@ -288,7 +289,7 @@ def test_params_diff_and_metrics_show(pipeline: Pipeline) -> None:
 
     exact = json.loads(pipeline.dvc("metrics", "show", "--json").stdout)
     (workspace,) = exact.values()  # the one revision shown: the workspace
-    assert workspace["data"]["metrics/metrics.json"]["data"] == {"test": scores}
+    assert workspace["data"]["metrics/metrics.json"]["data"] == pipeline.metrics()
 
 
 def test_forced_repro_gives_identical_bytes(pipeline: Pipeline) -> None:

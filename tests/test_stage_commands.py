@@ -1,6 +1,7 @@
 """Each stage as a command: it works on tiny data, and bad input gets one line, exit 1 and
 no output."""
 
+import json
 import os
 import subprocess
 import sys
@@ -9,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from PIL import Image
 
-from stages import modelfile, network
+from stages import drawing, modelfile, network
 from stages.files import save_npy
 
 ROOT = Path(__file__).parents[1]
@@ -131,4 +133,83 @@ def test_evaluate_refuses_a_model_with_nan_weights(project):
     save_model(project, [784, 10, 10], nan_weight=True)
     set_param(project, "evaluate", "samples", 3)
     assert_one_line_error(evaluate(project), "model.npz: gives non-finite outputs on the test set")
+    assert not (project / "results").exists()
+
+
+EVALUATE_OUTPUTS = ["metrics.json", "mistakes.png", "predictions.csv", "samples.json",
+                    "samples.md", "samples.png"]
+
+
+def tiles(png: Path, count: int) -> list[np.ndarray]:
+    """The first `count` digits of a one-row grid, shrunk back to 28 x 28 grey levels."""
+    with Image.open(png) as image:
+        pixels = np.asarray(image.convert("L"))
+    top = drawing.MARGIN + drawing.LINE + 2 * drawing.PAD
+    lefts = [drawing.MARGIN + i * drawing.CELL_WIDTH + (drawing.CELL_WIDTH - drawing.DIGIT) // 2
+             for i in range(count)]
+    return [pixels[top : top + drawing.DIGIT : drawing.ZOOM, left : left + drawing.DIGIT :
+                   drawing.ZOOM] for left in lefts]
+
+
+def test_evaluate_writes_every_output(project):
+    save_model(project, [784, 10, 10])
+    set_param(project, "evaluate", "samples", 4)
+    set_param(project, "evaluate", "mistakes", 3)
+    result = evaluate(project)
+    assert result.returncode == 0, result.stderr
+    out = project / "results"
+    assert sorted(p.name for p in out.iterdir()) == EVALUATE_OUTPUTS
+    first_run = {name: (out / name).read_bytes() for name in EVALUATE_OUTPUTS}
+
+    # Every score recomputed here from the model's arrays.
+    (w0, w1), (b0, b1), _ = modelfile.load(project / "model.npz")
+    scores = json.loads(first_run["metrics.json"])
+    for split in ("train", "val", "test"):
+        x, y = (np.load(project / "data" / f"{name}_{split}.npy") for name in "xy")
+        logits = np.maximum(x @ w0 + b0, 0) @ w1 + b1
+        log_p = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+        assert scores[split]["accuracy"] == round(
+            float((logits.argmax(1) == y.argmax(1)).mean()), 6)
+        assert scores[split]["loss"] == pytest.approx(-(log_p * y).sum(1).mean(), abs=2e-6)
+    actual, predicted = y.argmax(1), logits.argmax(1)
+    assert scores["test"]["per_class_accuracy"] == {
+        str(d): round(float((predicted[actual == d] == d).mean()), 6) if (actual == d).any()
+        else 0.0 for d in range(10)}
+    assert set(scores["test"]["macro"]) == {"precision", "recall", "f1"}
+    assert first_run["predictions.csv"].decode().splitlines()[1:] == [
+        f"{a},{p}" for a, p in zip(actual, predicted, strict=True)]
+
+    # The pictures: the first 4 test digits, and the 3 most confident wrong ones in order.
+    confidence = np.exp(log_p.max(axis=1))
+    wrong = np.flatnonzero(predicted != actual)
+    assert len(wrong) >= 3
+    picked = wrong[np.argsort(-confidence[wrong], kind="stable")][:3]
+    as_grey = np.round((1 - x) * 255).astype(np.uint8).reshape(-1, 28, 28)
+    for tile, index in zip(tiles(out / "samples.png", 4), range(4), strict=True):
+        np.testing.assert_array_equal(tile, as_grey[index])
+    for tile, index in zip(tiles(out / "mistakes.png", 3), picked, strict=True):
+        np.testing.assert_array_equal(tile, as_grey[index])
+    samples = json.loads(first_run["samples.json"])
+    assert [(s["predicted"], s["actual"]) for s in samples] == list(
+        zip(predicted[:4].tolist(), actual[:4].tolist(), strict=True))
+
+    # Same inputs, same bytes.
+    assert evaluate(project).returncode == 0
+    assert {name: (out / name).read_bytes() for name in EVALUATE_OUTPUTS} == first_run
+
+
+def test_evaluate_without_a_validation_split(project):
+    save_model(project, [784, 10, 10])
+    set_param(project, "evaluate", "samples", 3)
+    (project / "data" / "x_val.npy").unlink()
+    assert_one_line_error(evaluate(project),
+                          "data/x_val.npy: not found (run the earlier stages first)")
+    assert not (project / "results").exists()
+
+
+def test_evaluate_refuses_a_negative_mistakes_count(project):
+    save_model(project, [784, 10, 10])
+    set_param(project, "evaluate", "mistakes", -1)
+    assert_one_line_error(evaluate(project),
+                          "params.yaml: evaluate.mistakes: must be >= 0, got int -1")
     assert not (project / "results").exists()

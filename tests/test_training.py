@@ -1,8 +1,19 @@
+import dataclasses
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from stages import network, training
+from stages import network, optim, training
 from stages.errors import PipelineError
+from stages.params import OPTIMIZERS, load_params
+
+DEFAULTS = load_params(Path(__file__).parents[1] / "params.yaml").train
+QUIET = {"log": lambda _: None, "progress": False}
+
+
+def config(**changes) -> training.Train:
+    return dataclasses.replace(DEFAULTS, **changes)
 
 
 def separable_set(n=200, seed=0):
@@ -14,64 +25,143 @@ def separable_set(n=200, seed=0):
     return x, np.eye(4, dtype=np.float32)[labels]
 
 
-def test_tiny_net_learns_a_separable_set_perfectly():
-    x, y = separable_set()
-    rng = np.random.default_rng(0)
-    weights, biases = network.init_layers([8, 6, 4], rng)
-    history = training.train(weights, biases, (x, y), separable_set(seed=1), activation="relu",
-                             lr=0.1, epochs=20, batch_size=16, rng=rng, log=lambda _: None)
+def fit(sizes, cfg, train_set=None, val_set=None, seed=0):
+    params = network.init_params(sizes, cfg.init, np.random.default_rng(seed))
+    rngs = tuple(np.random.default_rng(seed + 1).spawn(2))
+    history = training.train(params, sizes, train_set or separable_set(),
+                             val_set or separable_set(seed=1), cfg, rngs, **QUIET)
+    return params, history
+
+
+def grad_of(params, sizes, x, y, activation="relu"):
+    buffers = training.make_buffers(sizes, len(x), 0.0, 0.0)
+    weights, biases = network.layer_views(params, sizes)
+    return training.gradient(weights, biases, x, y, activation, buffers).copy()
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+@pytest.mark.parametrize("activation", ["relu", "leaky_relu", "tanh", "sigmoid"])
+def test_tiny_net_learns_a_separable_set_perfectly(optimizer, activation):
+    lr = 0.01 if optimizer == "adam" else 0.1
+    cfg = config(optimizer=optimizer, activation=activation, lr=lr, epochs=20, batch_size=16,
+                 init="glorot")
+    _, history = fit([8, 6, 4], cfg)
     assert [row["epoch"] for row in history] == list(range(1, 21))
     assert history[-1]["train_acc"] == 1.0
     assert history[-1]["val_acc"] == 1.0
     assert history[-1]["train_loss"] < history[0]["train_loss"] / 2
 
 
-def test_one_full_batch_step_is_plain_gradient_descent():
+def test_softmax_regression_has_no_hidden_layer():
+    params, history = fit([8, 4], config(hidden=[], epochs=10, batch_size=16))
+    assert len(params) == 8 * 4 + 4
+    assert history[-1]["val_acc"] == 1.0
+
+
+def test_one_full_batch_epoch_is_one_gradient_descent_step():
     x, y = separable_set(n=32)
-    weights, biases = network.init_layers([8, 5, 4], np.random.default_rng(3))
-    grad_w, grad_b = network.backward(weights, network.forward(weights, biases, x, "relu"), y,
-                                      "relu")
-    expected = [p - 0.5 * g for p, g in zip(weights + biases, grad_w + grad_b, strict=True)]
-    # A batch of the whole set visits every row once, so the order does not matter.
-    training.sgd_epoch(weights, biases, x, y, "relu", 0.5, len(x), np.random.default_rng(9))
-    for got, want in zip(weights + biases, expected, strict=True):
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    sizes = [8, 5, 4]
+    params = network.init_params(sizes, "he", np.random.default_rng(3))
+    expected = params - 0.5 * grad_of(params, sizes, x, y)
+    cfg = config(lr=0.5, batch_size=len(x))
+    buffers = training.make_buffers(sizes, len(x), 0.0, 0.0)
+    rngs = tuple(np.random.default_rng(9).spawn(2))
+    lr = training.run_epoch(params, sizes, x, y, cfg, buffers, optim.init_state("sgd", 0),
+                            lambda _: 0.5, 0, rngs)
+    assert lr == 0.5
+    np.testing.assert_allclose(params, expected, rtol=1e-5, atol=1e-7)
 
 
 def test_the_last_partial_batch_is_used():
     x, y = separable_set(n=10)
-    weights, biases = network.init_layers([8, 4], np.random.default_rng(0))
-    before = weights[0].copy()
+    sizes = [8, 4]
+    params = network.init_params(sizes, "he", np.random.default_rng(0))
+    want = params.copy()
+    rngs = tuple(np.random.default_rng(0).spawn(2))
+    order = np.random.default_rng(0).spawn(2)[0].permutation(10)
     # 10 rows in batches of 9: one step on 9 rows, then one on the leftover row.
-    training.sgd_epoch(weights, biases, x, y, "relu", 0.1, 9, np.random.default_rng(0))
-    order = np.random.default_rng(0).permutation(10)
-    w2, b2 = [before.copy()], [np.zeros(4, np.float32)]
     for rows in (order[:9], order[9:]):
-        gw, gb = network.backward(w2, network.forward(w2, b2, x[rows], "relu"), y[rows], "relu")
-        w2[0] -= 0.1 * gw[0]
-        b2[0] -= 0.1 * gb[0]
-    np.testing.assert_allclose(weights[0], w2[0], rtol=1e-6)
+        want -= 0.1 * grad_of(want, sizes, x[rows], y[rows])
+    buffers = training.make_buffers(sizes, 9, 0.0, 0.0)
+    training.run_epoch(params, sizes, x, y, config(batch_size=9), buffers,
+                       optim.init_state("sgd", 0), lambda _: 0.1, 0, rngs)
+    np.testing.assert_allclose(params, want, rtol=1e-5, atol=1e-7)
+
+
+def test_weight_decay_is_the_l2_gradient_added_to_the_step():
+    x, y = separable_set(n=32)
+    sizes = [8, 5, 4]
+    params = network.init_params(sizes, "he", np.random.default_rng(3))
+    grad = grad_of(params, sizes, x, y)
+    count = network.n_weights(sizes)
+    grad[:count] += 0.01 * params[:count]
+    expected = params - 0.5 * grad
+    for optimizer in ("sgd", "momentum"):  # lr folded into the delta, and not
+        got = params.copy()
+        cfg = config(lr=0.5, batch_size=len(x), weight_decay=0.01, optimizer=optimizer)
+        training.run_epoch(got, sizes, x, y, cfg, training.make_buffers(sizes, 32, 0.0, 0.01),
+                           optim.init_state(optimizer, len(got)), lambda _: 0.5, 0,
+                           tuple(np.random.default_rng(0).spawn(2)))
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_dropout_masks_are_zero_or_the_inverse_keep_rate():
+    masks = [np.empty((1000, 50), np.float32)]
+    training.draw_masks(masks, 1000, 0.2, np.random.default_rng(0))
+    assert set(np.unique(masks[0])) == {0.0, np.float32(1 / 0.8)}
+    assert (masks[0] == 0).mean() == pytest.approx(0.2, abs=0.01)
+    assert masks[0].mean() == pytest.approx(1.0, abs=0.02)
+
+
+def test_dropout_and_shift_change_training_but_stay_deterministic():
+    x = np.random.default_rng(0).random((64, 16), dtype=np.float32)  # 4x4 "images"
+    y = np.eye(4, dtype=np.float32)[np.arange(64) % 4]
+    plain = fit([16, 8, 4], config(epochs=2, batch_size=16), (x, y), (x, y))[0]
+    for change in ({"dropout": 0.5}, {"shift": 1}):
+        cfg = config(epochs=2, batch_size=16, **change)
+        once, again = fit([16, 8, 4], cfg, (x, y), (x, y))[0], fit([16, 8, 4], cfg, (x, y),
+                                                                   (x, y))[0]
+        assert once.tobytes() == again.tobytes()
+        assert once.tobytes() != plain.tobytes()
 
 
 def test_same_seed_same_weights_other_seed_other_weights():
-    x, y = separable_set()
+    cfg = config(epochs=2, batch_size=16)
+    assert fit([8, 6, 4], cfg, seed=0)[0].tobytes() == fit([8, 6, 4], cfg, seed=0)[0].tobytes()
+    assert fit([8, 6, 4], cfg, seed=0)[0].tobytes() != fit([8, 6, 4], cfg, seed=1)[0].tobytes()
 
-    def run(seed):
-        rng = np.random.default_rng(seed)
-        weights, biases = network.init_layers([8, 6, 4], rng)
-        training.train(weights, biases, (x, y), (x, y), activation="relu", lr=0.1, epochs=2,
-                       batch_size=16, rng=rng, log=lambda _: None)
-        return np.concatenate([w.ravel() for w in weights])
 
-    assert run(0).tobytes() == run(0).tobytes()
-    assert run(0).tobytes() != run(1).tobytes()
+def test_history_records_the_scheduled_learning_rate():
+    # 200 rows in batches of 50: 4 steps an epoch, 16 in all, falling linearly from 0.1 to 0.
+    cfg = config(epochs=4, batch_size=50, lr_schedule="linear", lr_min=0.0)
+    _, history = fit([8, 6, 4], cfg)
+    assert [row["lr"] for row in history] == pytest.approx([0.08125, 0.05625, 0.03125, 0.00625])
+
+
+def test_early_stopping_keeps_the_best_epochs_weights():
+    x, y = separable_set(n=200)
+    noisy_val = (x[:60] + np.random.default_rng(5).normal(0, 2.0, (60, 8)).astype(np.float32),
+                 y[:60])
+    cfg = config(epochs=40, batch_size=16, patience=3)
+    params, history = fit([8, 6, 4], cfg, (x, y), noisy_val)
+    accuracies = [row["val_acc"] for row in history]
+    best_epoch = accuracies.index(max(accuracies)) + 1
+    assert len(history) == best_epoch + 3 < 40
+    rerun, _ = fit([8, 6, 4], config(epochs=best_epoch, batch_size=16), (x, y), noisy_val)
+    assert params.tobytes() == rerun.tobytes()
 
 
 def test_divergence_stops_with_a_hint_about_the_learning_rate():
     x, y = separable_set()
-    x = x * 1e4
-    rng = np.random.default_rng(0)
-    weights, biases = network.init_layers([8, 6, 4], rng)
     with pytest.raises(PipelineError, match=r"diverged in epoch 1 .*train\.lr below 1000"):
-        training.train(weights, biases, (x, y), (x, y), activation="relu", lr=1000.0, epochs=3,
-                       batch_size=16, rng=rng, log=lambda _: None)
+        fit([8, 6, 4], config(lr=1000.0, epochs=3, batch_size=16), (x * 1e4, y))
+
+
+def test_buffers_hold_a_full_batch_for_every_layer():
+    buffers = training.make_buffers([784, 32, 16, 10], 64, 0.5, 0.0)
+    assert buffers.x.shape == (64, 784)
+    assert [a.shape for a in buffers.outputs] == [(64, 32), (64, 16), (64, 10)]
+    assert [a.shape for a in buffers.slopes] == [(64, 32), (64, 16)]
+    assert [a.shape for a in buffers.masks] == [(64, 32), (64, 16)]
+    assert buffers.grad.size == network.n_params([784, 32, 16, 10])
+    assert buffers.decay is None

@@ -1,0 +1,179 @@
+"""This project's trainer against scikit-learn's MLPClassifier and PyTorch on the CPU.
+
+    .venv-bench/bin/python bench/frameworks.py [--repeats 5] [--epochs 3]
+
+Run from the repository root after `./dev repro` (it reads data/prepared). Every trainer fits
+the same network (ReLU hidden layer, softmax output, cross-entropy) on the same 55,000 images
+with plain mini-batch SGD, the same learning rate, batch size and epochs. Runs alternate
+between trainers, repeat by repeat, so a machine that changes speed midway slows all alike.
+The table gives each trainer's median seconds per epoch, its ratio to ours, and the test
+accuracy after the last repeat. "GEMM ceiling" times only the bare matrix products of the same
+forward and backward passes: no trainer can beat it.
+Peers missing from the environment are skipped (install them with the `bench` extra).
+"""
+
+import argparse
+import contextlib
+import dataclasses
+import itertools
+import math
+import os
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from stages import network, optim, training
+from stages.params import load_params
+
+CONFIGS = [[10], [256]]  # hidden widths
+BATCH, LR = 64, 0.1
+
+Data = dict[str, np.ndarray]
+# A trainer: (data, hidden, epochs, seed) -> (seconds of each epoch, test accuracy)
+Trainer = Callable[[Data, list[int], int, int], tuple[list[float], float]]
+
+
+def ours(data: Data, hidden: list[int], epochs: int, seed: int) -> tuple[list[float], float]:
+    sizes = [784, *hidden, 10]
+    config = dataclasses.replace(load_params().train, hidden=hidden, batch_size=BATCH, lr=LR,
+                                 optimizer="sgd", lr_schedule="constant", weight_decay=0.0,
+                                 dropout=0.0, shift=0)
+    init_rng, *rngs = np.random.default_rng(seed).spawn(3)
+    params = network.init_params(sizes, "he", init_rng)
+    buffers = training.make_buffers(sizes, BATCH, 0.0, 0.0)
+    state = optim.init_state("sgd", len(params))
+    steps = math.ceil(len(data["x_train"]) / BATCH)
+    seconds = []
+    for epoch in range(epochs):
+        started = time.perf_counter()
+        training.run_epoch(params, sizes, data["x_train"], data["y_train"], config, buffers,
+                           state, lambda _: LR, epoch * steps, tuple(rngs))
+        seconds.append(time.perf_counter() - started)
+    _, accuracy = training.scores(params, sizes, "relu", (data["x_test"], data["y_test"]))
+    return seconds, accuracy
+
+
+def sklearn(data: Data, hidden: list[int], epochs: int, seed: int) -> tuple[list[float], float]:
+    from sklearn.neural_network import MLPClassifier
+
+    model = MLPClassifier(hidden_layer_sizes=hidden, activation="relu", solver="sgd",
+                          learning_rate_init=LR, momentum=0.0, nesterovs_momentum=False,
+                          alpha=0.0, batch_size=BATCH, shuffle=True, random_state=seed)
+    labels, classes = data["y_train"].argmax(axis=1), np.arange(10)
+    seconds = []
+    for _ in range(epochs):
+        started = time.perf_counter()
+        model.partial_fit(data["x_train"], labels, classes=classes)  # one epoch of mini-batches
+        seconds.append(time.perf_counter() - started)
+    accuracy = float((model.predict(data["x_test"]) == data["y_test"].argmax(axis=1)).mean())
+    return seconds, accuracy
+
+
+def pytorch(data: Data, hidden: list[int], epochs: int, seed: int) -> tuple[list[float], float]:
+    import torch
+
+    torch.manual_seed(seed)
+    widths = [784, *hidden, 10]
+    layers: list[torch.nn.Module] = []
+    for n_in, n_out in itertools.pairwise(widths):
+        layers += [torch.nn.Linear(n_in, n_out), torch.nn.ReLU()]
+    model = torch.nn.Sequential(*layers[:-1])
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    x, labels = torch.from_numpy(data["x_train"]), torch.from_numpy(data["y_train"].argmax(1))
+    seconds = []
+    for _ in range(epochs):
+        started = time.perf_counter()
+        order = torch.randperm(len(x))
+        for start in range(0, len(x), BATCH):
+            rows = order[start : start + BATCH]
+            optimizer.zero_grad()
+            loss_fn(model(x[rows]), labels[rows]).backward()
+            optimizer.step()
+        seconds.append(time.perf_counter() - started)
+    with torch.no_grad():
+        predicted = model(torch.from_numpy(data["x_test"])).argmax(1).numpy()
+    return seconds, float((predicted == data["y_test"].argmax(1)).mean())
+
+
+def gemm_ceiling(data: Data, hidden: list[int], epochs: int, seed: int
+                 ) -> tuple[list[float], float]:
+    """Only the products of one SGD epoch: a @ W forward, then a.T @ delta and delta @ W.T
+    backward (none for the input), on preallocated arrays."""
+    sizes = [784, *hidden, 10]
+    weights, _ = network.init_layers(sizes, np.random.default_rng(seed))
+    acts = [data["x_train"][:BATCH].copy()] + [np.ones((BATCH, n), np.float32) for n in sizes[1:]]
+    grads = [np.empty_like(w) for w in weights]
+    deltas = [np.empty((BATCH, n), np.float32) for n in sizes[1:]]
+    seconds = []
+    for _ in range(epochs):
+        started = time.perf_counter()
+        for _ in range(math.ceil(len(data["x_train"]) / BATCH)):
+            for layer, w in enumerate(weights):
+                np.matmul(acts[layer], w, out=acts[layer + 1])
+            for layer in reversed(range(len(weights))):
+                np.matmul(acts[layer].T, deltas[layer], out=grads[layer])
+                if layer:
+                    np.matmul(deltas[layer], weights[layer].T, out=deltas[layer - 1])
+        seconds.append(time.perf_counter() - started)
+    return seconds, math.nan
+
+
+def available() -> dict[str, Trainer]:
+    trainers: dict[str, Trainer] = {"this project": ours}
+    for name, trainer, module in [("scikit-learn", sklearn, "sklearn"),
+                                  ("PyTorch", pytorch, "torch")]:
+        try:
+            __import__(module)
+        except ImportError:
+            print(f"({name} not installed: skipped)")
+            continue
+        trainers[name] = trainer
+    trainers["GEMM ceiling"] = gemm_ceiling
+    return trainers
+
+
+def versions() -> str:
+    found = [f"numpy {np.__version__}"]
+    for module in ("sklearn", "torch"):
+        with contextlib.suppress(ImportError):
+            found.append(f"{module} {__import__(module).__version__}")
+    threads = os.environ.get("OPENBLAS_NUM_THREADS", "default")
+    return ", ".join(found) + f"; {os.cpu_count()} CPUs, OPENBLAS_NUM_THREADS={threads}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--data", type=Path, default=Path("data/prepared"))
+    args = parser.parse_args()
+    data = {name: np.load(args.data / f"{name}.npy", allow_pickle=False)
+            for name in ("x_train", "y_train", "x_test", "y_test")}
+    trainers = available()
+    print(f"{versions()}; batch {BATCH}, lr {LR}, {args.epochs} epochs x {args.repeats} repeats")
+    print("| network | trainer | s/epoch (median) | min | max | x ours | test accuracy |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for hidden in CONFIGS:
+        per_epoch: dict[str, list[float]] = {name: [] for name in trainers}
+        accuracy: dict[str, float] = {}
+        for repeat in range(args.repeats):
+            # Rotate the order too, so no trainer always runs right after the same one.
+            names = list(trainers)
+            for name in names[repeat % len(names):] + names[: repeat % len(names)]:
+                seconds, accuracy[name] = trainers[name](data, hidden, args.epochs, repeat)
+                per_epoch[name] += seconds
+        mine = statistics.median(per_epoch["this project"])
+        shape = "-".join(map(str, [784, *hidden, 10]))
+        for name, seconds in per_epoch.items():
+            median = statistics.median(seconds)
+            acc = "" if math.isnan(accuracy[name]) else f"{accuracy[name]:.4f}"
+            print(f"| {shape} | {name} | {median:.3f} | {min(seconds):.3f} | "
+                  f"{max(seconds):.3f} | {median / mine:.2f} | {acc} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
