@@ -8,7 +8,7 @@ import numpy as np
 
 from stages import drawing, metrics, modelfile, network, splits
 from stages.errors import PipelineError, run_stage
-from stages.files import write_bytes, write_json, write_text
+from stages.files import json_bytes, write_all
 from stages.params import load_params
 
 LOGGED_SAMPLES = 20  # the log shows the head of the table; the file holds all of it
@@ -84,13 +84,16 @@ def main() -> None:
     samples_png = samples_grid(x_test, actual, predicted, params.samples)
     mistakes_png = mistakes_grid(x_test, actual, predicted, confidence, params.mistakes)
 
-    write_json(args.out / "metrics.json", results)
-    write_text(args.out / "predictions.csv", "actual,predicted\n" + "".join(
-        f"{a},{p}\n" for a, p in zip(actual, predicted, strict=True)))
-    write_json(args.out / "samples.json", samples)
-    write_text(args.out / "samples.md", samples_table(samples))
-    write_bytes(args.out / "samples.png", samples_png)
-    write_bytes(args.out / "mistakes.png", mistakes_png)
+    predictions = "actual,predicted\n" + "".join(
+        f"{a},{p}\n" for a, p in zip(actual, predicted, strict=True))
+    write_all({
+        args.out / "metrics.json": json_bytes(results),
+        args.out / "predictions.csv": predictions.encode(),
+        args.out / "samples.json": json_bytes(samples),
+        args.out / "samples.md": samples_table(samples).encode(),
+        args.out / "samples.png": samples_png,
+        args.out / "mistakes.png": mistakes_png,
+    })
     test, train, val = results["test"], results["train"], results["val"]
     print(f"test accuracy {test['accuracy']:.4f}, loss {test['loss']:.4f}, on {len(x_test)} "
           f"images; train accuracy {train['accuracy']:.4f}, val {val['accuracy']:.4f}")

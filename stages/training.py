@@ -134,7 +134,7 @@ def train(
     def lr_at(step: int) -> float:
         return optim.learning_rate(config.lr_schedule, config.lr, config.lr_min, step,
                                    total_steps, step // steps_per_epoch, config.lr_step_epochs,
-                                   config.lr_step_factor)
+                                   config.lr_step_factor, config.lr_warmup_epochs * steps_per_epoch)
 
     buffers = make_buffers(sizes, batch, config.dropout, config.weight_decay)
     state = optim.init_state(config.optimizer, len(params))

@@ -61,10 +61,14 @@ def test_train_tracks_its_whole_section():
 
 
 def test_fetch_tracks_only_what_can_change_its_output():
-    # Where the verified bytes come from cannot change them, so those keys are not params.
+    # Where the verified bytes come from cannot change them, so those keys are not params;
+    # the test split of a Kaggle CSV can. The local directory is a path dependency instead,
+    # so DVC reruns fetch when your own data in it changes.
     read = params_read("fetch")
-    assert set(PIPELINE["fetch"]["params"]) == {"fetch.verify"}
-    assert read - {"fetch.verify"} == {"fetch.sources", "fetch.mirrors", "fetch.local_dir"}
+    tracked = {"fetch.verify", "fetch.test_size", "fetch.split_seed"}
+    assert set(PIPELINE["fetch"]["params"]) == tracked
+    assert read - tracked == {"fetch.sources", "fetch.mirrors", "fetch.local_dir"}
+    assert "${fetch.local_dir}" in PIPELINE["fetch"]["deps"]
 
 
 def test_metrics_are_small_files_kept_in_git():

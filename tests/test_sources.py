@@ -538,6 +538,61 @@ def test_from_local_caps_decompressed_sizes(
     )
 
 
+def test_check_digits_accepts_28x28_bytes_and_labels_0_to_9(idx_files: sources.Files) -> None:
+    sources.check_digits(idx_files, Path("anywhere"))  # raises on any complaint
+
+
+def test_local_file_prefers_plain_then_gzip_then_none(tmp_path: Path) -> None:
+    name = mnist.FILE_NAMES[0]
+    assert sources.local_file(tmp_path, name) is None
+    (tmp_path / f"{name}.gz").write_bytes(b"")
+    assert sources.local_file(tmp_path, name) == tmp_path / f"{name}.gz"
+    (tmp_path / name).write_bytes(b"")
+    assert sources.local_file(tmp_path, name) == tmp_path / name
+
+
+@pytest.mark.parametrize(
+    ("name", "array", "message"),
+    [
+        ("train-images-idx3-ubyte", np.zeros((6, 28, 27), np.uint8),
+         "images of shape (6, 28, 27), expected (N, 28, 28)"),
+        ("t10k-images-idx3-ubyte", np.zeros((4, 784), np.uint8),
+         "images of shape (4, 784), expected (N, 28, 28)"),
+        ("train-images-idx3-ubyte", np.zeros((0, 28, 28), np.uint8), "holds no images"),
+        ("train-labels-idx1-ubyte", np.zeros((6, 1), np.uint8),
+         "labels of shape (6, 1), expected (N,)"),
+        ("t10k-labels-idx1-ubyte", np.zeros(5, np.uint8), "5 labels for the 4 images in "),
+        ("t10k-labels-idx1-ubyte", np.array([0, 1, 12, 3], np.uint8),
+         "label 12 at index 2, expected 0-9"),
+    ],
+)
+def test_check_digits_names_the_users_file(
+    tmp_path: Path, idx_files: sources.Files, name: str, array: np.ndarray, message: str
+) -> None:
+    idx_files[name] = idx.encode(array)
+    for each, data in idx_files.items():
+        (tmp_path / f"{each}.gz").write_bytes(gzip.compress(data))
+    with pytest.raises(PipelineError) as caught:
+        sources.check_digits(sources.from_local(tmp_path), tmp_path)
+    assert str(caught.value).startswith(f"{tmp_path / name}.gz: {message}")
+    assert "\n" not in str(caught.value)
+
+
+def test_check_digits_refuses_pixels_that_are_not_bytes(
+    tmp_path: Path, idx_files: sources.Files
+) -> None:
+    name = "train-images-idx3-ubyte"
+    # An IDX file of 32-bit floats (type 0x0d) with MNIST's shape.
+    idx_files[name] = bytes([0, 0, 0x0D, 3]) + b"".join(
+        n.to_bytes(4, "big") for n in (6, 28, 28)) + bytes(6 * 28 * 28 * 4)
+    for each, data in idx_files.items():
+        (tmp_path / each).write_bytes(data)
+    with pytest.raises(PipelineError) as caught:
+        sources.check_digits(sources.from_local(tmp_path), tmp_path)
+    assert str(caught.value) == (
+        f"{tmp_path / name}: IDX data type 0x0d, expected 0x08 (unsigned byte)")
+
+
 # ---------------------------------------------------------------------------- gunzip
 
 
