@@ -107,7 +107,8 @@ def gemm_ceiling(data: Data, hidden: list[int], epochs: int, seed: int
     weights, _ = network.init_layers(sizes, np.random.default_rng(seed))
     acts = [data["x_train"][:BATCH].copy()] + [np.ones((BATCH, n), np.float32) for n in sizes[1:]]
     grads = [np.empty_like(w) for w in weights]
-    deltas = [np.empty((BATCH, n), np.float32) for n in sizes[1:]]
+    # Small, fixed deltas: garbage could overflow, and inf or NaN would time something else.
+    deltas = [np.full((BATCH, n), 1e-3, np.float32) for n in sizes[1:]]
     seconds = []
     for _ in range(epochs):
         started = time.perf_counter()

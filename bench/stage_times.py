@@ -13,6 +13,7 @@ import os
 import shlex
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,8 +25,9 @@ def run_command(command: str) -> tuple[float, float]:
     """(wall seconds, peak resident MB) of one run of `command`."""
     with tempfile.TemporaryFile() as errors:  # a file, not a pipe: it cannot fill and block
         started = time.perf_counter()
-        process = subprocess.Popen(shlex.split(command), stdout=subprocess.DEVNULL,
-                                   stderr=errors)
+        # dvc.yaml says `python`: this interpreter, whether or not its venv is activated.
+        args = [sys.executable if arg == "python" else arg for arg in shlex.split(command)]
+        process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=errors)
         _, status, usage = os.wait4(process.pid, 0)  # this child's rusage alone
         seconds = time.perf_counter() - started
         if os.waitstatus_to_exitcode(status):

@@ -9,6 +9,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from stages.errors import PipelineError
+from stages.progress import Bar
 from stages.urls import check_url
 
 CHUNK = 1 << 16
@@ -76,7 +77,8 @@ def _transfer(url: str, dest: Path, max_bytes: int, timeout: float) -> None:
         total = _total_size(response, done)
         if total is not None and total > max_bytes:
             raise PipelineError(f"{url}: {total} bytes is over the {max_bytes}-byte limit")
-        progress = _Progress(urlsplit(url).path.rsplit("/", 1)[-1], total)
+        label = urlsplit(url).path.rsplit("/", 1)[-1]
+        progress = Bar(label, total or 0, show=lambda n: f"{n / 1e6:.1f} MB")
         try:
             with open(dest, mode) as out:
                 while chunk := response.read(CHUNK):
@@ -88,7 +90,8 @@ def _transfer(url: str, dest: Path, max_bytes: int, timeout: float) -> None:
         except (OSError, http.client.HTTPException) as err:
             raise _RetryableError(f"interrupted after {done} bytes: {err}") from err
         finally:
-            progress.close(done)
+            progress.close()
+            print(f"  {label}: {done} bytes", file=sys.stderr)
     if total is not None and done != total:
         raise _RetryableError(f"connection closed after {done} of {total} bytes")
 
@@ -105,24 +108,3 @@ def _range_start(response) -> int:
 def _total_size(response, already: int) -> int | None:
     length = response.headers.get("Content-Length")
     return already + int(length) if length and length.isdigit() else None
-
-
-class _Progress:
-    """A bar redrawn in place on a terminal; one line at the end in logs."""
-
-    def __init__(self, label: str, total: int | None) -> None:
-        self.label, self.total = label, total
-        self.live = sys.stderr.isatty() and bool(total)
-
-    def update(self, done: int) -> None:
-        if self.live:
-            filled = 30 * done // self.total
-            bar = "#" * filled + "." * (30 - filled)
-            print(f"\r  {self.label} [{bar}] {done / 1e6:.1f}/{self.total / 1e6:.1f} MB",
-                  end="", file=sys.stderr)
-
-    def close(self, done: int) -> None:
-        if self.live:
-            print(file=sys.stderr)
-        else:
-            print(f"  {self.label}: {done} bytes", file=sys.stderr)
