@@ -38,9 +38,9 @@ Trainer = Callable[[Data, list[int], int, int], tuple[list[float], float]]
 
 def ours(data: Data, hidden: list[int], epochs: int, seed: int) -> tuple[list[float], float]:
     sizes = [784, *hidden, 10]
-    config = dataclasses.replace(load_params().train, hidden=hidden, batch_size=BATCH, lr=LR,
-                                 optimizer="sgd", lr_schedule="constant", weight_decay=0.0,
-                                 dropout=0.0, shift=0)
+    config = dataclasses.replace(load_params().train, hidden=hidden, activation="relu", init="he",
+                                 batch_size=BATCH, lr=LR, optimizer="sgd", lr_schedule="constant",
+                                 lr_warmup_epochs=0, weight_decay=0.0, dropout=0.0, shift=0)
     init_rng, *rngs = np.random.default_rng(seed).spawn(3)
     params = network.init_params(sizes, "he", init_rng)
     buffers = training.make_buffers(sizes, BATCH, 0.0, 0.0)

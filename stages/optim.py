@@ -24,7 +24,7 @@ def init_state(optimizer: str, size: int) -> State:
 
 def sgd(params: np.ndarray, grad: np.ndarray, state: State, lr: float, momentum: float) -> None:
     """p -= lr * g"""
-    if lr != 1.0:  # 1.0: the caller has already scaled the gradient
+    if lr != 1.0:  # the trainer folds lr into the output delta: skip a pass over every parameter
         grad *= lr
     params -= grad
 

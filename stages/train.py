@@ -15,9 +15,15 @@ from stages.params import load_params
 def history_csv(history: list[dict[str, float]]) -> str:
     columns = list(history[0])
     rows = [",".join(columns)]
-    rows += [",".join(f"{row[c]:.6f}" if c != "epoch" else str(row[c]) for c in columns)
-             for row in history]
+    rows += [",".join(_cell(column, row[column]) for column in columns) for row in history]
     return "\n".join(rows) + "\n"
+
+
+def _cell(column: str, value: float) -> str:
+    if column == "epoch":
+        return str(value)
+    # Significant digits for the rate: Adam's 1e-3 decaying to near 0 has few decimals.
+    return f"{value:.6g}" if column == "lr" else f"{value:.6f}"
 
 
 def main() -> None:

@@ -41,7 +41,7 @@ def make_buffers(sizes: list[int], rows: int, dropout: float, weight_decay: floa
         x=np.empty((rows, sizes[0]), np.float32), y=np.empty((rows, sizes[-1]), np.float32),
         outputs=per_layer(sizes[1:]), slopes=per_layer(sizes[1:-1]), deltas=per_layer(sizes[1:]),
         masks=per_layer(sizes[1:-1]) if dropout else [], grad=grad,
-        decay=np.empty_like(grad) if weight_decay else None,
+        decay=np.empty(network.n_weights(sizes), np.float32) if weight_decay else None,
         grad_w=network.layer_views(grad, sizes)[0], grad_b=network.layer_views(grad, sizes)[1])
 
 

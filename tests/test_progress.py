@@ -35,9 +35,9 @@ def test_redraws_are_rate_limited_but_the_last_always_shows(monkeypatch):
     assert drawn[-1].endswith("1000/1000")
 
 
-@pytest.mark.parametrize("total", [0, 100])
-def test_logs_and_unknown_totals_get_no_bar(monkeypatch, total):
-    log = io.StringIO()
+@pytest.mark.parametrize(("stream", "total"), [(Terminal, 0), (io.StringIO, 100)])
+def test_logs_and_unknown_totals_get_no_bar(monkeypatch, stream, total):
+    log = stream()
     monkeypatch.setattr(progress.sys, "stderr", log)
     bar = progress.Bar("x", total)
     bar.update(total)

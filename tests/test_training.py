@@ -1,21 +1,22 @@
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from stages import network, optim, training
 from stages.errors import PipelineError
-from stages.params import OPTIMIZERS, load_params
+from stages.params import OPTIMIZERS, Train
 
-DEFAULTS = load_params(Path(__file__).parents[1] / "params.yaml").train
 # Plain SGD at a constant rate unless a test says otherwise: steps a test can compute by hand.
-PLAIN = dataclasses.replace(DEFAULTS, optimizer="sgd", lr_schedule="constant",
-                            lr_warmup_epochs=0, weight_decay=0.0)
+# Spelled out here, so a change of defaults in params.yaml cannot change what these test.
+PLAIN = Train(hidden=[10], activation="relu", init="he", optimizer="sgd", momentum=0.9, lr=0.1,
+              lr_schedule="constant", lr_min=0.0, lr_step_epochs=10, lr_step_factor=0.5,
+              lr_warmup_epochs=0, weight_decay=0.0, epochs=30, batch_size=128, dropout=0.0,
+              shift=0, patience=0, seed=0)
 QUIET = {"log": lambda _: None, "progress": False}
 
 
-def config(**changes) -> training.Train:
+def config(**changes) -> Train:
     return dataclasses.replace(PLAIN, **changes)
 
 
