@@ -6,7 +6,6 @@ enough that every `dvc repro` takes a few seconds.
 """
 
 import gzip
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -15,12 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from test_pipeline import isolated_env, run, synthetic_images
+from test_pipeline import init_project, isolated_env, run, synthetic_images
 
 from stages import idx, kaggle
 from stages.errors import PipelineError
 
-PROJECT = Path(__file__).resolve().parent.parent
 QUICK = {"preprocess": {"val_size": 100},
          "train": {"hidden": [16], "epochs": 2, "batch_size": 32}}
 
@@ -50,22 +48,10 @@ class Scratch:
 def scratch_repo(root: Path, local_dir: str) -> Scratch:
     """A git + DVC repository (nothing committed yet) holding this project's pipeline, with
     quick training params and `fetch.verify: false` on `local_dir`."""
-    repo = root / "repo"
-    repo.mkdir()
-    shutil.copytree(PROJECT / "stages", repo / "stages",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    shutil.copy2(PROJECT / "dvc.yaml", repo / "dvc.yaml")
-    shutil.copy2(PROJECT / "params.yaml", repo / "params.yaml")
-    (repo / ".gitignore").write_text("__pycache__/\n")
-    (repo / "data/local").mkdir(parents=True)
-    scratch = Scratch(repo, isolated_env(root))
-    scratch.set_params("fetch", sources=["local"], local_dir=local_dir, verify=False)
-    for section, values in QUICK.items():
-        scratch.set_params(section, **values)
-    run(["git", "-c", "init.defaultBranch=main", "init", "-q"], repo, scratch.env)
-    scratch.dvc("init", "-q")
-    scratch.dvc("config", "core.analytics", "false")
-    scratch.dvc("config", "core.check_update", "false")
+    scratch = Scratch(root / "repo", isolated_env(root))
+    fetch = {"sources": ["local"], "local_dir": local_dir, "verify": False}
+    init_project(scratch.repo, scratch.env, {"fetch": fetch, **QUICK})
+    (scratch.repo / "data/local").mkdir(parents=True)
     return scratch
 
 

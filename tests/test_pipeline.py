@@ -103,6 +103,28 @@ def isolated_env(scratch: Path) -> dict[str, str]:
     return env
 
 
+def init_project(repo: Path, env: dict[str, str], changes: dict[str, dict],
+                 gitignore: str = "__pycache__/\n") -> dict:
+    """Make `repo` a git + DVC repository holding this project's stages and dvc.yaml, with
+    its params.yaml updated by `changes` ({section: {key: value}}); nothing is committed.
+    Returns the params written."""
+    repo.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(PROJECT / "stages", repo / "stages",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copy2(PROJECT / "dvc.yaml", repo / "dvc.yaml")
+    params = yaml.safe_load((PROJECT / "params.yaml").read_text())
+    for section, values in changes.items():
+        params[section].update(values)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (repo / ".gitignore").write_text(gitignore)
+    dvc = [sys.executable, "-m", "dvc"]
+    run(["git", "-c", "init.defaultBranch=main", "init", "-q"], repo, env)
+    run([*dvc, "init", "-q"], repo, env)
+    run([*dvc, "config", "core.analytics", "false"], repo, env)
+    run([*dvc, "config", "core.check_update", "false"], repo, env)
+    return params
+
+
 @dataclass
 class Pipeline:
     repo: Path
@@ -135,28 +157,17 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
     scratch = tmp_path_factory.mktemp("pipeline")
     raw = write_synthetic(scratch / "synthetic")
     repo = scratch / "repo"
-    repo.mkdir()
-    shutil.copytree(PROJECT / "stages", repo / "stages",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    shutil.copy2(PROJECT / "dvc.yaml", repo / "dvc.yaml")
-    params = yaml.safe_load((PROJECT / "params.yaml").read_text())
-    params["fetch"].update(sources=["local"], local_dir=str(scratch / "synthetic"), verify=False)
-    params["preprocess"]["val_size"] = VAL_SIZE
-    params["train"].update(epochs=EPOCHS, batch_size=32)
-    params_text = yaml.safe_dump(params, sort_keys=False)
-    (repo / "params.yaml").write_text(params_text)
-    (repo / ".gitignore").write_text("__pycache__/\n")
-
     env = isolated_env(scratch)
-    dvc = [sys.executable, "-m", "dvc"]
-    run(["git", "-c", "init.defaultBranch=main", "init", "-q"], repo, env)
-    run([*dvc, "init", "-q"], repo, env)
-    run([*dvc, "config", "core.analytics", "false"], repo, env)
-    run([*dvc, "config", "core.check_update", "false"], repo, env)
+    params = init_project(repo, env, {
+        "fetch": {"sources": ["local"], "local_dir": str(scratch / "synthetic"), "verify": False},
+        "preprocess": {"val_size": VAL_SIZE},
+        "train": {"epochs": EPOCHS, "batch_size": 32},
+    })
+    params_text = (repo / "params.yaml").read_text()
     run(["git", "add", "-A"], repo, env)
     run(["git", "commit", "-q", "-m", "pipeline on synthetic data"], repo, env)
 
-    first_run = run([*dvc, "repro"], repo, env)
+    first_run = run([sys.executable, "-m", "dvc", "repro"], repo, env)
     pipe = Pipeline(repo, env, raw, params, params_text, first_run, {})
     pipe.results = pipe.read_results()
     # The baseline the experiment and `dvc params diff` compare against.

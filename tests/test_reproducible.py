@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_pipeline import PROJECT, isolated_env, run, write_synthetic
+from test_pipeline import PROJECT, init_project, isolated_env, run, write_synthetic
 
 # Everything DVC or git tracks that a stage writes, plus the lock that records it.
 TRACKED_OUTPUTS = ("data/raw", "data/prepared", "models", "metrics", "dvc.lock")
@@ -45,27 +45,15 @@ class Repo:
 def build_repo(scratch: Path, epochs: int = 3) -> Repo:
     """A git + DVC repository at scratch/repo with this project's stages, dvc.yaml and
     params.yaml, set to read the synthetic data unverified; committed, not yet reproduced."""
-    repo = scratch / "repo"
-    repo.mkdir(parents=True)
-    shutil.copytree(PROJECT / "stages", repo / "stages",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    shutil.copy2(PROJECT / "dvc.yaml", repo / "dvc.yaml")
-    params = yaml.safe_load((PROJECT / "params.yaml").read_text())
-    params["fetch"].update(sources=["local"], local_dir="data/external/mnist", verify=False)
-    params["preprocess"]["val_size"] = 100
-    params["train"].update(epochs=epochs, batch_size=32)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    (repo / ".gitignore").write_text("__pycache__/\n/data/external/\n")
+    repo, env = scratch / "repo", isolated_env(scratch)
+    init_project(repo, env, {
+        "fetch": {"sources": ["local"], "local_dir": "data/external/mnist", "verify": False},
+        "preprocess": {"val_size": 100},
+        "train": {"epochs": epochs, "batch_size": 32},
+    }, gitignore="__pycache__/\n/data/external/\n")
     write_synthetic(repo / "data/external/mnist")
-
-    env = isolated_env(scratch)
-    git, dvc = ["git"], [sys.executable, "-m", "dvc"]
-    run([*git, "-c", "init.defaultBranch=main", "init", "-q"], repo, env)
-    run([*dvc, "init", "-q"], repo, env)
-    run([*dvc, "config", "core.analytics", "false"], repo, env)
-    run([*dvc, "config", "core.check_update", "false"], repo, env)
-    run([*git, "add", "-A"], repo, env)
-    run([*git, "commit", "-q", "-m", "pipeline on synthetic data"], repo, env)
+    run(["git", "add", "-A"], repo, env)
+    run(["git", "commit", "-q", "-m", "pipeline on synthetic data"], repo, env)
     return Repo(repo, env)
 
 
