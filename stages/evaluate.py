@@ -27,10 +27,7 @@ def model_logits(model: tuple[list[np.ndarray], list[np.ndarray], str], path: Pa
                  x: np.ndarray, y: np.ndarray, split: str) -> np.ndarray:
     """The model's logits for one split, refusing a model that does not fit the data."""
     weights, biases, activation = model
-    if weights[0].shape[0] != x.shape[1] or weights[-1].shape[1] != y.shape[1]:
-        raise PipelineError(f"{path}: maps {weights[0].shape[0]} inputs to "
-                            f"{weights[-1].shape[1]} classes, data has {x.shape[1]} and "
-                            f"{y.shape[1]}")
+    modelfile.check_fits(path, weights, x.shape[1], y.shape[1], "data has")
     logits = network.logits_in_chunks(weights, biases, x, activation)
     if not np.isfinite(logits).all():
         raise PipelineError(f"{path}: gives non-finite outputs on the {split} set")

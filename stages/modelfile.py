@@ -19,6 +19,15 @@ def encode(weights: list[np.ndarray], biases: list[np.ndarray], activation: str)
     return npz_bytes(arrays)
 
 
+def check_fits(path: Path, weights: list[np.ndarray], inputs: int, classes: int,
+               needed: str) -> None:
+    """Refuse a model that does not map `inputs` pixels to `classes` scores; `needed` says
+    where those numbers come from, for the message."""
+    if weights[0].shape[0] != inputs or weights[-1].shape[1] != classes:
+        raise PipelineError(f"{path}: maps {weights[0].shape[0]} inputs to "
+                            f"{weights[-1].shape[1]} classes, {needed} {inputs} and {classes}")
+
+
 def save(path: Path, weights: list[np.ndarray], biases: list[np.ndarray], activation: str) -> None:
     write_bytes(path, encode(weights, biases, activation))
 

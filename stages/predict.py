@@ -40,9 +40,7 @@ def predict() -> None:
                         help=f"the trained model (default: {DEFAULT_MODEL})")
     args = parser.parse_args()
     weights, biases, activation = modelfile.load(args.model)
-    if weights[0].shape[0] != PIXELS or weights[-1].shape[1] != CLASSES:
-        raise PipelineError(f"{args.model}: maps {weights[0].shape[0]} inputs to "
-                            f"{weights[-1].shape[1]} classes, expected {PIXELS} and {CLASSES}")
+    modelfile.check_fits(args.model, weights, PIXELS, CLASSES, "expected")
     # Like cat, a bad file is reported and the rest still get their answer; the exit says so.
     failed = False
     for path in args.images:

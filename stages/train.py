@@ -51,14 +51,17 @@ def main() -> None:
     print(f"trained {'-'.join(map(str, sizes))} in {time.perf_counter() - started:.1f} s")
 
     weights, biases = network.layer_views(flat, sizes)
-    val_loss, val_acc = training.scores(flat, sizes, params.activation, val_set)
+    # The first epoch with the best val accuracy, as training picks it: the weights kept when
+    # early stopping is on, the last epoch's otherwise.
+    best = max(history, key=lambda row: row["val_acc"])
+    kept = best if params.patience else history[-1]
     write_all({
         args.model: modelfile.encode(weights, biases, params.activation),
         args.history: history_csv(history).encode(),
         args.metrics: json_bytes({
             "epochs": len(history),
-            "best_val_epoch": max(history, key=lambda row: row["val_acc"])["epoch"],
-            "val": {"loss": round(val_loss, 6), "accuracy": round(val_acc, 6)},
+            "best_val_epoch": best["epoch"],
+            "val": {"loss": round(kept["val_loss"], 6), "accuracy": round(kept["val_acc"], 6)},
         }),
     })
 

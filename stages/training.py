@@ -37,12 +37,13 @@ def make_buffers(sizes: list[int], rows: int, dropout: float, weight_decay: floa
         return [np.empty((rows, width), np.float32) for width in widths]
 
     grad = np.empty(network.n_params(sizes), np.float32)
+    grad_w, grad_b = network.layer_views(grad, sizes)
     return Buffers(
         x=np.empty((rows, sizes[0]), np.float32), y=np.empty((rows, sizes[-1]), np.float32),
         outputs=per_layer(sizes[1:]), slopes=per_layer(sizes[1:-1]), deltas=per_layer(sizes[1:]),
         masks=per_layer(sizes[1:-1]) if dropout else [], grad=grad,
         decay=np.empty(network.n_weights(sizes), np.float32) if weight_decay else None,
-        grad_w=network.layer_views(grad, sizes)[0], grad_b=network.layer_views(grad, sizes)[1])
+        grad_w=grad_w, grad_b=grad_b)
 
 
 def draw_masks(masks: list[np.ndarray], rows: int, dropout: float,
