@@ -107,10 +107,12 @@ def make_older(pipe: Pipeline, stage: str) -> dict[str, str]:
 
 
 def leftovers(pipe: Pipeline) -> list[str]:
-    """Temporary files or directories of a write that never finished."""
+    """Temporary files or directories of a write that never finished; what lies inside a
+    stray staging directory goes with it, so only the outermost stray is listed."""
     roots = [pipe.repo.path / top for top in ("data", "models", "metrics")]
-    return sorted(str(path.relative_to(pipe.repo.path)) for root in roots
-                  for pattern in (".*.tmp", ".*.old") for path in root.rglob(pattern))
+    strays = {path.relative_to(pipe.repo.path) for root in roots
+              for pattern in (".*.tmp", ".*.old") for path in root.rglob(pattern)}
+    return sorted(str(path) for path in strays if not strays.intersection(path.parents))
 
 
 def outcome(pipe: Pipeline, stage: str, older: dict[str, str]) -> str:
