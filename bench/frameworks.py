@@ -20,7 +20,8 @@ import math
 import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -46,10 +47,11 @@ def ours(data: Data, hidden: list[int], epochs: int, seed: int) -> tuple[list[fl
     buffers = training.make_buffers(sizes, BATCH, 0.0, 0.0)
     state = optim.init_state("sgd", len(params))
     steps = math.ceil(len(data["x_train"]) / BATCH)
+    pixels = training.compact_pixels(data["x_train"])  # once per run, as the train stage does
     seconds = []
     for epoch in range(epochs):
         started = time.perf_counter()
-        training.run_epoch(params, sizes, data["x_train"], data["y_train"], config, buffers,
+        training.run_epoch(params, sizes, pixels, data["y_train"], config, buffers,
                            state, lambda _: LR, epoch * steps, tuple(rngs))
         seconds.append(time.perf_counter() - started)
     _, accuracy = training.scores(params, sizes, "relu", (data["x_test"], data["y_test"]))
@@ -72,7 +74,10 @@ def sklearn(data: Data, hidden: list[int], epochs: int, seed: int) -> tuple[list
     return seconds, accuracy
 
 
-def pytorch(data: Data, hidden: list[int], epochs: int, seed: int) -> tuple[list[float], float]:
+def pytorch(data: Data, hidden: list[int], epochs: int, seed: int,
+            loader: bool = False) -> tuple[list[float], float]:
+    """Batches by indexing a shuffled permutation, or (`loader`) through a DataLoader over a
+    TensorDataset, as PyTorch's tutorials write the loop."""
     import torch
 
     torch.manual_seed(seed)
@@ -84,14 +89,22 @@ def pytorch(data: Data, hidden: list[int], epochs: int, seed: int) -> tuple[list
     optimizer = torch.optim.SGD(model.parameters(), lr=LR)
     loss_fn = torch.nn.CrossEntropyLoss()
     x, labels = torch.from_numpy(data["x_train"]), torch.from_numpy(data["y_train"].argmax(1))
-    seconds = []
-    for _ in range(epochs):
-        started = time.perf_counter()
+    dataset = torch.utils.data.TensorDataset(x, labels)
+
+    def indexed() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = torch.randperm(len(x))
         for start in range(0, len(x), BATCH):
             rows = order[start : start + BATCH]
+            yield x[rows], labels[rows]
+
+    seconds = []
+    for _ in range(epochs):
+        started = time.perf_counter()
+        batches = (torch.utils.data.DataLoader(dataset, batch_size=BATCH, shuffle=True)
+                   if loader else indexed())
+        for xb, yb in batches:
             optimizer.zero_grad()
-            loss_fn(model(x[rows]), labels[rows]).backward()
+            loss_fn(model(xb), yb).backward()
             optimizer.step()
         seconds.append(time.perf_counter() - started)
     with torch.no_grad():
@@ -126,7 +139,8 @@ def gemm_ceiling(data: Data, hidden: list[int], epochs: int, seed: int
 def available() -> dict[str, Trainer]:
     trainers: dict[str, Trainer] = {"this project": ours}
     for name, trainer, module in [("scikit-learn", sklearn, "sklearn"),
-                                  ("PyTorch", pytorch, "torch")]:
+                                  ("PyTorch, indexed batches", pytorch, "torch"),
+                                  ("PyTorch, DataLoader", partial(pytorch, loader=True), "torch")]:
         try:
             __import__(module)
         except ImportError:

@@ -9,6 +9,9 @@ from stages.files import load_npy
 
 CLASSES = 10
 PIXELS = 28 * 28
+# Pixel codes 0-255 become floats by a multiply, not a divide: the trainer scales its uint8
+# batches the same way and so gets the very bits that preprocess wrote.
+PIXEL_SCALE = np.float32(1 / 255)
 
 
 def load_split(directory: Path, split: str) -> tuple[np.ndarray, np.ndarray]:

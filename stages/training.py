@@ -11,21 +11,25 @@ from stages import augment, network, optim
 from stages.errors import PipelineError
 from stages.params import Train
 from stages.progress import Bar
+from stages.splits import PIXEL_SCALE
 
 TRAIN_SCORE_ROWS = 10_000  # the training curve is scored on this many leading rows
+CHECK_ROWS = 10_000  # compact_pixels checks this many rows at a time, to bound its memory
 
 
 @dataclass
 class Buffers:
     """Every array a step writes, allocated once for a full batch; shorter batches use the
-    leading rows. The step then allocates nothing of the batch's size."""
+    leading rows. The step then allocates nothing bigger than a row or a column."""
 
+    codes: np.ndarray  # the batch's uint8 pixel codes, when gathered from those
     x: np.ndarray
     y: np.ndarray
     outputs: list[np.ndarray]  # per layer: hidden outputs, then the logits
     slopes: list[np.ndarray]  # per hidden layer
     deltas: list[np.ndarray]  # per layer: dLoss/dz
     masks: list[np.ndarray]  # per hidden layer, when dropout is on
+    ones: np.ndarray  # for the bias gradients' column sums
     grad: np.ndarray  # flat, laid out like the parameters
     decay: np.ndarray | None  # scratch for weight decay, when it is on
     grad_w: list[np.ndarray]
@@ -39,11 +43,43 @@ def make_buffers(sizes: list[int], rows: int, dropout: float, weight_decay: floa
     grad = np.empty(network.n_params(sizes), np.float32)
     grad_w, grad_b = network.layer_views(grad, sizes)
     return Buffers(
+        codes=np.empty((rows, sizes[0]), np.uint8),
         x=np.empty((rows, sizes[0]), np.float32), y=np.empty((rows, sizes[-1]), np.float32),
         outputs=per_layer(sizes[1:]), slopes=per_layer(sizes[1:-1]), deltas=per_layer(sizes[1:]),
-        masks=per_layer(sizes[1:-1]) if dropout else [], grad=grad,
+        masks=per_layer(sizes[1:-1]) if dropout else [], ones=np.ones(rows, np.float32),
+        grad=grad,
         decay=np.empty(network.n_weights(sizes), np.float32) if weight_decay else None,
         grad_w=grad_w, grad_b=grad_b)
+
+
+def compact_pixels(x: np.ndarray) -> np.ndarray:
+    """x as uint8 pixel codes if it is exactly codes * PIXEL_SCALE, as preprocess
+    writes it, else x itself. A batch gathered from codes reads a quarter of the bytes from
+    memory, and the gather is the step's largest cost after the matrix products."""
+    codes = np.empty(x.shape, np.uint8)
+    for start in range(0, len(x), CHECK_ROWS):
+        chunk = x[start : start + CHECK_ROWS]
+        scaled = np.rint(chunk / PIXEL_SCALE)
+        if not (scaled.min(initial=0) >= 0 and scaled.max(initial=0) <= 255):
+            return x
+        codes[start : start + CHECK_ROWS] = scaled
+        rescaled = np.multiply(codes[start : start + CHECK_ROWS], PIXEL_SCALE,
+                               dtype=np.float32)
+        if not np.array_equal(rescaled, chunk):
+            return x
+    return codes
+
+
+def gather(x: np.ndarray, y: np.ndarray, rows: np.ndarray,
+           buffers: Buffers) -> tuple[np.ndarray, np.ndarray]:
+    """The batch of `rows` as float32 rows in the buffers; x may be compact_pixels' codes."""
+    n = len(rows)
+    # mode="clip" lets take() write straight into the buffer (rows are in range).
+    yb = y.take(rows, axis=0, out=buffers.y[:n], mode="clip")
+    if x.dtype != np.uint8:
+        return x.take(rows, axis=0, out=buffers.x[:n], mode="clip"), yb
+    codes = x.take(rows, axis=0, out=buffers.codes[:n], mode="clip")
+    return np.multiply(codes, PIXEL_SCALE, out=buffers.x[:n]), yb
 
 
 def draw_masks(masks: list[np.ndarray], rows: int, dropout: float,
@@ -66,7 +102,7 @@ def gradient(weights: list[np.ndarray], biases: list[np.ndarray], x: np.ndarray,
                                       out=(buffers.outputs, buffers.slopes))
     delta = network.output_delta(outputs[-1], y, out=buffers.deltas[-1][: len(x)], scale=scale)
     network.backward(weights, outputs, slopes, delta, buffers.grad_w, buffers.grad_b,
-                     buffers.deltas)
+                     buffers.deltas, buffers.ones)
     return buffers.grad
 
 
@@ -76,7 +112,8 @@ def run_epoch(
     rngs: tuple[np.random.Generator, np.random.Generator], bar: Bar | None = None,
 ) -> float:
     """One pass over (x, y) in a fresh random order, updating `params` in place; returns the
-    last learning rate used. Step numbers start at `first_step`, for the schedule."""
+    last learning rate used. Step numbers start at `first_step`, for the schedule. x holds
+    float32 rows or, from compact_pixels, their uint8 codes."""
     shuffle_rng, noise_rng = rngs
     update = optim.OPTIMIZERS[config.optimizer]
     batch = min(config.batch_size, len(x))
@@ -86,13 +123,12 @@ def run_epoch(
     weights, biases = network.layer_views(params, sizes)
     lr = config.lr
     for step, start in enumerate(range(0, len(x), batch)):
-        if whole:
+        if whole and x.dtype != np.uint8:
             xb, yb = x, y
+        elif whole:
+            xb, yb = np.multiply(x, PIXEL_SCALE, out=buffers.x), y
         else:
-            rows = order[start : start + batch]
-            # mode="clip" lets take() write straight into the buffer (rows are in range).
-            xb = x.take(rows, axis=0, out=buffers.x[: len(rows)], mode="clip")
-            yb = y.take(rows, axis=0, out=buffers.y[: len(rows)], mode="clip")
+            xb, yb = gather(x, y, order[start : start + batch], buffers)
         if config.shift:
             augment.shift(xb, config.shift, noise_rng)
         if config.dropout:
@@ -128,6 +164,7 @@ def train(
     stopping on (config.patience > 0), `params` end as the best epoch's by validation accuracy.
     """
     x, y = train_set
+    pixels = compact_pixels(x)
     batch = min(config.batch_size, len(x))
     steps_per_epoch = math.ceil(len(x) / batch)
     total_steps = steps_per_epoch * config.epochs
@@ -146,7 +183,7 @@ def train(
         bar = Bar(f"epoch {epoch}/{config.epochs}", len(x)) if progress else None
         # A diverging run overflows; the finiteness check below reports that in one line.
         with np.errstate(over="ignore", invalid="ignore"):
-            lr = run_epoch(params, sizes, x, y, config, buffers, state, lr_at,
+            lr = run_epoch(params, sizes, pixels, y, config, buffers, state, lr_at,
                            (epoch - 1) * steps_per_epoch, rngs, bar)
             train_loss, train_acc = scores(params, sizes, config.activation, train_view)
             val_loss, val_acc = scores(params, sizes, config.activation, val_set)

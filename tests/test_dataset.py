@@ -53,8 +53,12 @@ def test_normalise_scales_bytes_into_unit_interval():
     x = dataset.normalise(images)
     assert x.dtype == np.float32
     assert x.shape == (2, 784)
-    assert (x[0, 0], x[0, 1], x[1, 783]) == (1.0, np.float32(0.2), np.float32(128 / 255))
+    assert (x[0, 0], x[1, 783]) == (1.0, np.float32(128) * np.float32(1 / 255))
     assert x.min() == 0.0
+    # A multiply by 1/255 rather than a divide: within one unit in the last place of k / 255.
+    every = dataset.normalise(np.arange(256, dtype=np.uint8).repeat(784).reshape(256, 28, 28))
+    assert np.abs(every[:, 0] - np.arange(256) / 255).max() <= np.spacing(np.float32(1))
+    assert x[0, 1] == every[51, 0] == np.float32(0.20000002)
 
 
 def test_one_hot_rows():
@@ -72,7 +76,7 @@ def test_prepare_holds_out_the_last_training_images():
     assert sorted(arrays) == ["x_test", "x_train", "x_val", "y_test", "y_train", "y_val"]
     np.testing.assert_array_equal(arrays["y_train"].argmax(axis=1), [1, 2, 3])
     np.testing.assert_array_equal(arrays["y_val"].argmax(axis=1), [4, 5])
-    np.testing.assert_array_equal(arrays["x_val"][:, 0] * 255, [3, 4])
+    np.testing.assert_array_equal(np.rint(arrays["x_val"][:, 0] * 255), [3, 4])
     assert arrays["x_test"].shape == (2, 784)
 
 

@@ -172,17 +172,27 @@ def test_forward_keeps_every_layer_and_activates_hidden_only():
     assert (outputs[-1] < 0).any()  # logits are not clipped
 
 
-def test_forward_into_buffers_equals_allocating_forward():
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_forward_and_backward_into_buffers_equal_allocating_ones(activation):
     sizes = [4, 6, 5, 3]
-    params, x, _ = tiny_problem(sizes, batch=7)
+    params, x, targets = tiny_problem(sizes, batch=7)
     weights, biases = network.layer_views(params, sizes)
     buffers = ([np.full((9, n), np.nan) for n in sizes[1:]],
                [np.full((9, n), np.nan) for n in sizes[1:-1]])
-    outputs, slopes = network.forward(weights, biases, x, "sigmoid", out=buffers)
-    want_outputs, want_slopes = network.forward(weights, biases, x, "sigmoid")
+    outputs, slopes = network.forward(weights, biases, x, activation, out=buffers)
+    want_outputs, want_slopes = network.forward(weights, biases, x, activation)
     for got, want in zip(outputs + slopes, want_outputs + want_slopes, strict=True):
         np.testing.assert_array_equal(got, want)
     assert outputs[-1].base is buffers[0][-1]
+
+    grads = [np.zeros_like(params), np.zeros_like(params)]
+    for grad, deltas, ones in zip(grads, (None, [np.full((9, n), np.nan) for n in sizes[1:]]),
+                                  (None, np.ones(9)), strict=True):
+        delta = network.output_delta(outputs[-1], targets)
+        network.backward(weights, outputs, slopes, delta, *network.layer_views(grad, sizes),
+                         deltas, ones)
+    np.testing.assert_array_equal(grads[0], grads[1])
+    assert (grads[0] != 0).mean() > 0.5  # a real gradient, not two untouched zero vectors
 
 
 def test_chunked_logits_equal_one_pass():

@@ -3,7 +3,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from stages import network, optim, training
+from stages import dataset, network, optim, training
 from stages.errors import PipelineError
 from stages.params import OPTIMIZERS, Train
 
@@ -90,6 +90,46 @@ def test_the_last_partial_batch_is_used():
     training.run_epoch(params, sizes, x, y, config(batch_size=9), buffers,
                        optim.init_state("sgd", 0), lambda _: 0.1, 0, rngs)
     np.testing.assert_allclose(params, want, rtol=1e-5, atol=1e-7)
+
+
+def digit_like_set(n=150, seed=0):
+    """Random 28x28 uint8 "images" as preprocess writes them, with labels from their ink."""
+    images = np.random.default_rng(seed).integers(0, 256, (n, 28, 28), dtype=np.uint8)
+    labels = images.reshape(n, -1).sum(axis=1) % 4
+    return images, dataset.normalise(images), np.eye(4, dtype=np.float32)[labels]
+
+
+def test_compact_pixels_gives_the_codes_of_exactly_scaled_pixels(monkeypatch):
+    monkeypatch.setattr(training, "CHECK_ROWS", 64)  # three chunks, the last one short
+    images, x, _ = digit_like_set()
+    codes = training.compact_pixels(x)
+    assert codes.dtype == np.uint8
+    np.testing.assert_array_equal(codes, images.reshape(len(x), -1))
+    one_off = x.copy()
+    one_off[-1, -1] = np.nextafter(one_off[-1, -1], np.float32(2))  # in the last chunk
+    for other in (one_off, x * np.float32(0.999), x * 2, -x, np.full_like(x, np.nan)):
+        assert training.compact_pixels(other) is other
+
+
+@pytest.mark.parametrize("batch_size", [32, 150])  # gathered batches; the whole set at once
+@pytest.mark.parametrize("shift", [0, 2])
+def test_an_epoch_on_pixel_codes_equals_one_on_their_floats(batch_size, shift):
+    _, x, y = digit_like_set()
+    codes = training.compact_pixels(x)
+    assert codes.dtype == np.uint8
+    sizes = [784, 16, 4]
+    start = network.init_params(sizes, "he", np.random.default_rng(1))
+    cfg = config(batch_size=batch_size, shift=shift)
+    trained = []
+    for pixels in (x, codes):
+        params = start.copy()
+        training.run_epoch(params, sizes, pixels, y, cfg,
+                           training.make_buffers(sizes, batch_size, 0.0, 0.0),
+                           optim.init_state("sgd", 0), lambda _: 0.1, 0,
+                           tuple(np.random.default_rng(2).spawn(2)))
+        trained.append(params)
+    assert not np.array_equal(trained[0], start)
+    assert trained[0].tobytes() == trained[1].tobytes()
 
 
 def test_weight_decay_is_the_l2_gradient_added_to_the_step():
