@@ -118,15 +118,13 @@ def run_epoch(
     update = optim.OPTIMIZERS[config.optimizer]
     batch = min(config.batch_size, len(x))
     # One batch covering the set needs no gather: its order changes nothing.
-    whole = batch == len(x) and not config.shift
+    whole = batch == len(x) and not config.shift and x.dtype != np.uint8
     order = None if whole else shuffle_rng.permutation(len(x))
     weights, biases = network.layer_views(params, sizes)
     lr = config.lr
     for step, start in enumerate(range(0, len(x), batch)):
-        if whole and x.dtype != np.uint8:
+        if whole:
             xb, yb = x, y
-        elif whole:
-            xb, yb = np.multiply(x, PIXEL_SCALE, out=buffers.x), y
         else:
             xb, yb = gather(x, y, order[start : start + batch], buffers)
         if config.shift:
@@ -164,8 +162,9 @@ def train(
     stopping on (config.patience > 0), `params` end as the best epoch's by validation accuracy.
     """
     x, y = train_set
-    pixels = compact_pixels(x)
     batch = min(config.batch_size, len(x))
+    # Codes pay off where batches are gathered; one batch of the whole set is used as it is.
+    pixels = x if batch == len(x) and not config.shift else compact_pixels(x)
     steps_per_epoch = math.ceil(len(x) / batch)
     total_steps = steps_per_epoch * config.epochs
 
