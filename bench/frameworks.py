@@ -6,9 +6,10 @@ Run from the repository root after `./dev repro` (it reads data/prepared). Every
 the same network (ReLU hidden layer, softmax output, cross-entropy) on the same 55,000 images
 with plain mini-batch SGD, the same learning rate, batch size and epochs. Runs alternate
 between trainers, repeat by repeat, so a machine that changes speed midway slows all alike.
-The table gives each trainer's median seconds per epoch, its ratio to ours, and the test
-accuracy after the last repeat. "GEMM ceiling" times only the bare matrix products of the same
-forward and backward passes: no trainer can beat it.
+PyTorch runs twice: batches indexed from a shuffled permutation, the leanest loop, and batches
+from a DataLoader, as its tutorials write it. The table gives each trainer's median seconds per
+epoch, its ratio to ours, and the test accuracy after the last repeat. "GEMM ceiling" times
+only the bare matrix products of the same forward and backward passes: no trainer can beat it.
 Peers missing from the environment are skipped (install them with the `bench` extra).
 """
 
