@@ -183,10 +183,14 @@ def output_delta(logits: np.ndarray, targets: np.ndarray, out: np.ndarray | None
                  scale: float = 1.0) -> np.ndarray:
     """dLoss/dlogits of `scale` times the mean cross-entropy: softmax followed by
     cross-entropy collapses to scale * (softmax(logits) - targets) / batch."""
+    delta = np.empty_like(logits) if out is None else out
     # A row's maximum over a few classes is a short inner loop per row, slow at this size:
-    # reducing a transposed copy down its columns takes half the time.
-    row_max = np.maximum.reduce(logits.T.copy(), axis=0)
-    delta = np.subtract(logits, row_max[:, np.newaxis], out=out)
+    # reducing a transposed copy down its columns takes half the time. The copy borrows
+    # delta's memory until the subtraction below fills it.
+    transposed = delta.reshape(delta.shape[1], delta.shape[0])
+    np.copyto(transposed, logits.T)
+    row_max = np.maximum.reduce(transposed, axis=0)
+    np.subtract(logits, row_max[:, np.newaxis], out=delta)
     np.exp(delta, out=delta)
     delta /= np.add.reduce(delta, axis=1, keepdims=True)
     delta -= targets
