@@ -152,6 +152,8 @@ def forward(
             s = out[1][layer][:rows] if out else np.empty_like(z)
             if activation == "relu":
                 # z * (z > 0): the slope first, then one multiply, costs half of np.maximum.
+                # (-inf becomes NaN rather than 0; only a diverging run gets there, and the
+                # divergence guard reports it.)
                 a = np.multiply(z, np.greater(z, 0, out=s), out=z)
             else:
                 a = act(z)
@@ -186,8 +188,11 @@ def output_delta(logits: np.ndarray, targets: np.ndarray, out: np.ndarray | None
     delta = np.empty_like(logits) if out is None else out
     # A row's maximum over a few classes is a short inner loop per row, slow at this size:
     # reducing a transposed copy down its columns takes half the time. The copy borrows
-    # delta's memory until the subtraction below fills it.
-    transposed = delta.reshape(delta.shape[1], delta.shape[0])
+    # delta's memory until the subtraction below fills it, unless that memory is the logits'.
+    if np.may_share_memory(delta, logits):
+        transposed = np.empty(logits.shape[::-1], logits.dtype)
+    else:
+        transposed = delta.reshape(logits.shape[::-1])
     np.copyto(transposed, logits.T)
     row_max = np.maximum.reduce(transposed, axis=0)
     np.subtract(logits, row_max[:, np.newaxis], out=delta)
@@ -205,7 +210,7 @@ def backward(
 ) -> None:
     """Write the loss gradients into grad_w and grad_b, given the output layer's `delta`.
     `deltas` are optional buffers for the hidden layers' deltas, `ones` a vector of at least
-    len(delta) ones."""
+    len(delta) ones of delta's dtype."""
     rows = len(delta)
     ones = np.ones(rows, delta.dtype) if ones is None else ones[:rows]
     for layer in reversed(range(len(weights))):

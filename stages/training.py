@@ -14,7 +14,7 @@ from stages.progress import Bar
 from stages.splits import PIXEL_SCALE
 
 TRAIN_SCORE_ROWS = 10_000  # the training curve is scored on this many leading rows
-CHECK_ROWS = 1_000  # compact_pixels checks this many rows at a time: 3 MB of temporaries
+CHECK_ROWS = 1_000  # compact_pixels checks this many rows at a time: ~10 MB of temporaries
 
 
 @dataclass
@@ -112,7 +112,8 @@ def run_epoch(
 ) -> float:
     """One pass over (x, y) in a fresh random order, updating `params` in place; returns the
     last learning rate used. Step numbers start at `first_step`, for the schedule. x holds
-    float32 rows or, from compact_pixels, their uint8 codes."""
+    float32 rows or, from compact_pixels, their uint8 codes (always gathered in a shuffled
+    order, even into one batch of the whole set)."""
     shuffle_rng, noise_rng = rngs
     update = optim.OPTIMIZERS[config.optimizer]
     batch = min(config.batch_size, len(x))

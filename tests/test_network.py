@@ -113,6 +113,15 @@ def test_softmax_is_stable_for_huge_logits():
     np.testing.assert_allclose(delta, [[0, 0, 0], [1 / 6, -1 / 3, 1 / 6]], atol=1e-7)
 
 
+def test_output_delta_in_place_of_the_logits():
+    logits = np.random.default_rng(0).normal(0, 3, (6, 4))
+    targets = np.eye(4)[[0, 1, 2, 3, 0, 1]]
+    want = network.output_delta(logits, targets, scale=0.5)
+    got = network.output_delta(logits, targets, out=logits, scale=0.5)
+    assert got is logits
+    np.testing.assert_array_equal(got, want)
+
+
 def test_output_delta_scales():
     logits = np.array([[np.log(3.0), 0.0]])
     targets = np.array([[1.0, 0.0]])
@@ -188,7 +197,8 @@ def test_forward_and_backward_into_buffers_equal_allocating_ones(activation):
     grads = [np.zeros_like(params), np.zeros_like(params)]
     for grad, deltas, ones in zip(grads, (None, [np.full((9, n), np.nan) for n in sizes[1:]]),
                                   (None, np.ones(9)), strict=True):
-        delta = network.output_delta(outputs[-1], targets)
+        out = None if deltas is None else deltas[-1][: len(x)]
+        delta = network.output_delta(outputs[-1], targets, out=out)
         network.backward(weights, outputs, slopes, delta, *network.layer_views(grad, sizes),
                          deltas, ones)
     np.testing.assert_array_equal(grads[0], grads[1])
