@@ -138,7 +138,8 @@ def recover(pipe: Pipeline) -> None:
     """`dvc repro`, then the clean run's exact bytes (dvc.lock included, so DVC agrees).
     A stage DVC restores from its run cache instead of running does not tidy up, so a killed
     write's temporary can stay beside its output until the stage next writes it: hidden,
-    never read, and never inside an output directory. Any other leftover is a failure."""
+    never read, and never inside an output directory. Any other leftover is a failure; the
+    allowed ones are deleted here, so the next test starts from a clean workspace."""
     log = pipe.repo.dvc("repro").stdout
     assert snapshot(pipe.repo.path) == pipe.golden
     for path in leftovers(pipe):
@@ -148,6 +149,8 @@ def recover(pipe: Pipeline) -> None:
                       and stray.name.startswith(f".{Path(out).name}.")), None)
         assert owner, f"{path}: inside an output, or of no stage's output"
         assert f"Stage '{owner}' is cached - skipping run" in log, f"{path} left:\n{log}"
+        shutil.rmtree(pipe.repo.path / stray, ignore_errors=True)
+        (pipe.repo.path / stray).unlink(missing_ok=True)
 
 
 @pytest.mark.parametrize("stage", STAGES)
