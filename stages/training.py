@@ -77,8 +77,11 @@ def gather(x: np.ndarray, y: np.ndarray, rows: np.ndarray,
     yb = y.take(rows, axis=0, out=buffers.y[:n], mode="clip")
     if x.dtype != np.uint8:
         return x.take(rows, axis=0, out=buffers.x[:n], mode="clip"), yb
-    codes = x.take(rows, axis=0, out=buffers.codes[:n], mode="clip")
-    return np.multiply(codes, PIXEL_SCALE, out=buffers.x[:n]), yb
+    xb = buffers.x[:n]
+    # A plain cast, then a multiply in place: faster than one multiply that casts, same bits.
+    np.copyto(xb, x.take(rows, axis=0, out=buffers.codes[:n], mode="clip"))
+    xb *= PIXEL_SCALE
+    return xb, yb
 
 
 def draw_masks(masks: list[np.ndarray], rows: int, dropout: float,
