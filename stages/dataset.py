@@ -6,7 +6,7 @@ import numpy as np
 
 from stages import idx
 from stages.errors import PipelineError
-from stages.splits import CLASSES, PIXEL_SCALE, PIXELS
+from stages.splits import CLASSES, PIXELS, scale_pixels
 
 
 def read_pair(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -29,7 +29,7 @@ def read_pair(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndar
 
 def normalise(images: np.ndarray) -> np.ndarray:
     """uint8 images (N, 28, 28) as float32 rows (N, 784) in [0, 1]."""
-    return np.multiply(images.reshape(len(images), PIXELS), PIXEL_SCALE, dtype=np.float32)
+    return scale_pixels(images.reshape(len(images), PIXELS))
 
 
 def one_hot(labels: np.ndarray) -> np.ndarray:

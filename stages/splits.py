@@ -9,9 +9,18 @@ from stages.files import load_npy
 
 CLASSES = 10
 PIXELS = 28 * 28
-# Pixel codes 0-255 become floats by a multiply, not a divide: the trainer scales its uint8
-# batches the same way and so gets the very bits that preprocess wrote.
 PIXEL_SCALE = np.float32(1 / 255)
+
+
+def scale_pixels(codes: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """uint8 pixel codes 0-255 as float32 in [0, 1], into `out` if given. Preprocess and the
+    trainer's batches both come through here, so a batch gets the very bits preprocess wrote.
+    A multiply rather than a divide, and a plain cast first, then the multiply in place:
+    faster than one multiply that casts, with the same bits."""
+    out = np.empty(codes.shape, np.float32) if out is None else out
+    np.copyto(out, codes)
+    out *= PIXEL_SCALE
+    return out
 
 
 def load_split(directory: Path, split: str) -> tuple[np.ndarray, np.ndarray]:

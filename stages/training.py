@@ -11,7 +11,7 @@ from stages import augment, network, optim
 from stages.errors import PipelineError
 from stages.params import Train
 from stages.progress import Bar
-from stages.splits import PIXEL_SCALE
+from stages.splits import PIXEL_SCALE, scale_pixels
 
 TRAIN_SCORE_ROWS = 10_000  # the training curve is scored on this many leading rows
 CHECK_ROWS = 1_000  # compact_pixels checks this many rows at a time: ~10 MB of temporaries
@@ -53,8 +53,8 @@ def make_buffers(sizes: list[int], rows: int, dropout: float, weight_decay: floa
 
 
 def compact_pixels(x: np.ndarray) -> np.ndarray:
-    """x as uint8 pixel codes if it is exactly codes * PIXEL_SCALE, as preprocess
-    writes it, else x itself. A batch gathered from codes reads a quarter of the bytes from
+    """x as uint8 pixel codes if scale_pixels gives back exactly x, as preprocess writes it,
+    else x itself. A batch gathered from codes reads a quarter of the bytes from
     memory, and the gather is the step's largest cost after the matrix products."""
     codes = np.empty(x.shape, np.uint8)
     for start in range(0, len(x), CHECK_ROWS):
@@ -64,7 +64,7 @@ def compact_pixels(x: np.ndarray) -> np.ndarray:
         if not (scaled.min(initial=0) >= 0 and scaled.max(initial=0) <= 255):
             return x
         out[...] = scaled
-        if not np.array_equal(np.multiply(out, PIXEL_SCALE, dtype=np.float32), chunk):
+        if not np.array_equal(scale_pixels(out), chunk):
             return x
     return codes
 
@@ -77,11 +77,8 @@ def gather(x: np.ndarray, y: np.ndarray, rows: np.ndarray,
     yb = y.take(rows, axis=0, out=buffers.y[:n], mode="clip")
     if x.dtype != np.uint8:
         return x.take(rows, axis=0, out=buffers.x[:n], mode="clip"), yb
-    xb = buffers.x[:n]
-    # A plain cast, then a multiply in place: faster than one multiply that casts, same bits.
-    np.copyto(xb, x.take(rows, axis=0, out=buffers.codes[:n], mode="clip"))
-    xb *= PIXEL_SCALE
-    return xb, yb
+    codes = x.take(rows, axis=0, out=buffers.codes[:n], mode="clip")
+    return scale_pixels(codes, out=buffers.x[:n]), yb
 
 
 def draw_masks(masks: list[np.ndarray], rows: int, dropout: float,
