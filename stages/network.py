@@ -16,6 +16,8 @@ from itertools import pairwise
 
 import numpy as np
 
+from stages import blas
+
 LEAK = 0.01  # leaky_relu's slope for negative inputs
 
 
@@ -208,21 +210,32 @@ def backward(
     weights: list[np.ndarray], outputs: list[np.ndarray], slopes: list[np.ndarray],
     delta: np.ndarray, grad_w: list[np.ndarray], grad_b: list[np.ndarray],
     deltas: list[np.ndarray] | None = None, ones: np.ndarray | None = None,
+    shrink: float | None = None,
 ) -> None:
     """Write the loss gradients into grad_w and grad_b, given the output layer's `delta`.
     `deltas` are optional buffers for the hidden layers' deltas, `ones` a vector of at least
-    len(delta) ones of delta's dtype."""
+    len(delta) ones of delta's dtype.
+
+    With `shrink`, add the gradients instead, after scaling grad_w by shrink. Given the
+    weights and biases themselves and a delta scaled by -lr, that is the SGD step, with weight
+    decay for shrink = 1 - lr * decay: each layer is updated once backprop is done with it."""
     rows = len(delta)
     ones = np.ones(rows, delta.dtype) if ones is None else ones[:rows]
+    keep = 0.0 if shrink is None else shrink  # what grad_w keeps of its contents
     for layer in reversed(range(len(weights))):
-        np.matmul(outputs[layer].T, delta, out=grad_w[layer])
+        below = None
+        if layer:  # the input needs no delta
+            below = np.matmul(delta, weights[layer].T,
+                              out=deltas[layer - 1][:rows] if deltas else None)
+            below *= slopes[layer - 1]
+        blas.matmul_tn(outputs[layer], delta, grad_w[layer], keep)
         # The bias gradient is delta's column sums: as a product with ones, one BLAS call
         # that takes a third of np.add.reduce's time at these sizes.
-        np.dot(ones, delta, out=grad_b[layer])
-        if layer:  # the input needs no delta
-            delta = np.matmul(delta, weights[layer].T,
-                              out=deltas[layer - 1][:rows] if deltas else None)
-            delta *= slopes[layer - 1]
+        if shrink is None:
+            np.dot(ones, delta, out=grad_b[layer])
+        else:
+            grad_b[layer] += np.dot(ones, delta)
+        delta = below
 
 
 def add_weight_decay(grad: np.ndarray, params: np.ndarray, sizes: list[int], l2: float,

@@ -1,4 +1,5 @@
-"""Optimisers and learning-rate schedules, on the network's flat parameter vector.
+"""Optimisers with state, and learning-rate schedules, on the network's flat parameter vector.
+(Plain SGD has no state: training.sgd_step takes it inside backprop's products.)
 
 Each optimiser updates `params` in place from `grad` and its own `state` (buffers made once by
 `init_state`), with whole-vector operations into preallocated memory. They consume `grad`: its
@@ -20,13 +21,6 @@ def init_state(optimizer: str, size: int) -> State:
     state = {name: np.zeros(size, np.float32) for name in zeros}
     state["steps"] = np.zeros((), np.int64)
     return state
-
-
-def sgd(params: np.ndarray, grad: np.ndarray, state: State, lr: float, momentum: float) -> None:
-    """p -= lr * g"""
-    if lr != 1.0:  # the trainer folds lr into the output delta: skip a pass over every parameter
-        grad *= lr
-    params -= grad
 
 
 def heavy_ball(params: np.ndarray, grad: np.ndarray, state: State, lr: float,
@@ -73,7 +67,7 @@ def adam(params: np.ndarray, grad: np.ndarray, state: State, lr: float, momentum
     params -= scratch
 
 
-OPTIMIZERS = {"sgd": sgd, "momentum": heavy_ball, "nesterov": nesterov, "adam": adam}
+OPTIMIZERS = {"momentum": heavy_ball, "nesterov": nesterov, "adam": adam}
 
 
 def learning_rate(

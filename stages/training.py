@@ -92,17 +92,39 @@ def draw_masks(masks: list[np.ndarray], rows: int, dropout: float,
         mask[:rows] *= 1.0 / keep
 
 
-def gradient(weights: list[np.ndarray], biases: list[np.ndarray], x: np.ndarray,
-             y: np.ndarray, activation: str, buffers: Buffers,
-             masks: list[np.ndarray] | None = None, scale: float = 1.0) -> np.ndarray:
-    """The gradient of `scale` times the mean cross-entropy on the batch (x, y), in
-    buffers.grad."""
+def forward_and_delta(weights: list[np.ndarray], biases: list[np.ndarray], x: np.ndarray,
+                      y: np.ndarray, activation: str, buffers: Buffers,
+                      masks: list[np.ndarray] | None, scale: float,
+                      ) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
+    """The forward pass on the batch (x, y) and the delta of `scale` times its mean
+    cross-entropy: (outputs, slopes, delta), all in the buffers."""
     outputs, slopes = network.forward(weights, biases, x, activation, masks,
                                       out=(buffers.outputs, buffers.slopes))
     delta = network.output_delta(outputs[-1], y, out=buffers.deltas[-1][: len(x)], scale=scale)
+    return outputs, slopes, delta
+
+
+def gradient(weights: list[np.ndarray], biases: list[np.ndarray], x: np.ndarray,
+             y: np.ndarray, activation: str, buffers: Buffers,
+             masks: list[np.ndarray] | None = None) -> np.ndarray:
+    """The gradient of the mean cross-entropy on the batch (x, y), in buffers.grad."""
+    outputs, slopes, delta = forward_and_delta(weights, biases, x, y, activation, buffers,
+                                               masks, 1.0)
     network.backward(weights, outputs, slopes, delta, buffers.grad_w, buffers.grad_b,
                      buffers.deltas, buffers.ones)
     return buffers.grad
+
+
+def sgd_step(weights: list[np.ndarray], biases: list[np.ndarray], x: np.ndarray,
+             y: np.ndarray, activation: str, buffers: Buffers,
+             masks: list[np.ndarray] | None, lr: float, weight_decay: float) -> None:
+    """One plain SGD step on the batch (x, y): W <- (1 - lr * weight_decay) * W - lr * dL/dW
+    and b <- b - lr * dL/db. The products that compute the gradients add them straight into
+    the parameters (see blas), which saves writing a gradient and a pass over every weight."""
+    outputs, slopes, delta = forward_and_delta(weights, biases, x, y, activation, buffers,
+                                               masks, -lr)
+    network.backward(weights, outputs, slopes, delta, weights, biases, buffers.deltas,
+                     buffers.ones, shrink=1.0 - lr * weight_decay)
 
 
 def run_epoch(
@@ -115,7 +137,6 @@ def run_epoch(
     float32 rows or, from compact_pixels, their uint8 codes (always gathered in a shuffled
     order, even into one batch of the whole set)."""
     shuffle_rng, noise_rng = rngs
-    update = optim.OPTIMIZERS[config.optimizer]
     batch = min(config.batch_size, len(x))
     # One batch covering the set needs no gather: its order changes nothing.
     whole = batch == len(x) and not config.shift and x.dtype != np.uint8
@@ -132,15 +153,14 @@ def run_epoch(
         if config.dropout:
             draw_masks(buffers.masks, len(xb), config.dropout, noise_rng)
         lr = lr_at(first_step + step)
-        # Plain SGD multiplies the gradient by lr; doing that to the output delta (batch x
-        # classes) instead saves a pass over every parameter.
-        scale, step_lr = (lr, 1.0) if config.optimizer == "sgd" else (1.0, lr)
-        grad = gradient(weights, biases, xb, yb, config.activation, buffers, buffers.masks,
-                        scale)
-        if config.weight_decay:
-            network.add_weight_decay(grad, params, sizes, config.weight_decay * scale,
-                                     buffers.decay)
-        update(params, grad, state, step_lr, config.momentum)
+        if config.optimizer == "sgd":
+            sgd_step(weights, biases, xb, yb, config.activation, buffers, buffers.masks, lr,
+                     config.weight_decay)
+        else:
+            grad = gradient(weights, biases, xb, yb, config.activation, buffers, buffers.masks)
+            if config.weight_decay:
+                network.add_weight_decay(grad, params, sizes, config.weight_decay, buffers.decay)
+            optim.OPTIMIZERS[config.optimizer](params, grad, state, lr, config.momentum)
         if bar:
             bar.update(start + len(xb))
     return lr

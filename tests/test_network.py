@@ -208,6 +208,21 @@ def test_forward_and_backward_into_buffers_equal_allocating_ones(activation):
     assert (grads[0] != 0).mean() > 0.5  # a real gradient, not two untouched zero vectors
 
 
+def test_backward_with_shrink_takes_the_sgd_step_in_place():
+    sizes = [7, 6, 5, 4]  # layers below the top: each must see its weights before the step
+    params, x, targets = tiny_problem(sizes, batch=9)
+    lr, decay = 0.3, 0.1
+    grad = analytic_gradient(params, sizes, x, targets, "tanh", 0.0, None)
+    count = network.n_weights(sizes)
+    want = params - lr * grad
+    want[:count] -= lr * decay * params[:count]
+    weights, biases = network.layer_views(params, sizes)
+    outputs, slopes = network.forward(weights, biases, x, "tanh")
+    delta = network.output_delta(outputs[-1], targets, scale=-lr)
+    network.backward(weights, outputs, slopes, delta, weights, biases, shrink=1 - lr * decay)
+    np.testing.assert_allclose(params, want, rtol=1e-12, atol=1e-14)
+
+
 def test_chunked_logits_equal_one_pass():
     sizes = [4, 6, 3]
     params, x, _ = tiny_problem(sizes, batch=25)

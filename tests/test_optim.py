@@ -15,14 +15,6 @@ def run(optimizer, grads, lr, momentum=0.9, start=(1.0, 2.0)):
     return params
 
 
-def test_sgd_step_by_hand():
-    np.testing.assert_allclose(run("sgd", [[0.5, -1.0]], lr=0.1), [0.95, 2.1])
-
-
-def test_sgd_with_unit_rate_takes_the_gradient_as_the_step():
-    np.testing.assert_allclose(run("sgd", [[0.5, -1.0]], lr=1.0), [0.5, 3.0])
-
-
 def test_momentum_steps_by_hand():
     # v1 = 1, p1 = 1 - 0.1 * 1; v2 = 0.9 * 1 + 1 = 1.9, p2 = p1 - 0.1 * 1.9
     params = run("momentum", [[1.0, 0.0], [1.0, 0.0]], lr=0.1)
@@ -65,7 +57,7 @@ def test_a_step_allocates_nothing_the_size_of_the_parameters(name):
     finally:
         tracemalloc.stop()
     assert peak < params.nbytes / 10
-    want = {"sgd": 0.95, "momentum": 0.95, "nesterov": 1 - 0.1 * (0.5 + 0.9 * 0.5), "adam": 0.9}
+    want = {"momentum": 0.95, "nesterov": 1 - 0.1 * (0.5 + 0.9 * 0.5), "adam": 0.9}
     np.testing.assert_allclose(params[:3], want[name], rtol=1e-6)
 
 

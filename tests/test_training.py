@@ -1,9 +1,10 @@
 import dataclasses
+import tracemalloc
 
 import numpy as np
 import pytest
 
-from stages import dataset, network, optim, training
+from stages import blas, dataset, network, optim, training
 from stages.errors import PipelineError
 from stages.params import OPTIMIZERS, Train
 
@@ -130,6 +131,42 @@ def test_an_epoch_on_pixel_codes_equals_one_on_their_floats(batch_size, shift):
         trained.append(params)
     assert not np.array_equal(trained[0], start)
     assert trained[0].tobytes() == trained[1].tobytes()
+
+
+def sgd_epoch(sizes, x, y, weight_decay=0.0):
+    params = network.init_params(sizes, "he", np.random.default_rng(1))
+    cfg = config(batch_size=64, weight_decay=weight_decay)
+    training.run_epoch(params, sizes, x, y, cfg,
+                       training.make_buffers(sizes, 64, 0.0, weight_decay), {}, lambda _: 0.1,
+                       0, tuple(np.random.default_rng(2).spawn(2)))
+    return params
+
+
+@pytest.mark.skipif(blas.SGEMM is None, reason="NumPy here has no bundled OpenBLAS")
+def test_sgd_steps_through_blas_equal_those_through_numpy_bit_for_bit(monkeypatch):
+    _, x, y = digit_like_set()
+    sizes = [784, 32, 4]  # the first layer's 784 x 32 weights go through BLAS
+    assert blas.MIN_BLAS_OUTPUTS <= 784 * 32
+    through_blas = sgd_epoch(sizes, x, y, weight_decay=0.01)
+    monkeypatch.setattr(blas, "SGEMM", None)
+    assert through_blas.tobytes() == sgd_epoch(sizes, x, y, weight_decay=0.01).tobytes()
+    assert not np.array_equal(through_blas, sgd_epoch(sizes, x, y))  # the decay counts
+
+
+@pytest.mark.skipif(blas.SGEMM is None, reason="NumPy here has no bundled OpenBLAS")
+def test_an_sgd_step_allocates_nothing_the_size_of_the_weights():
+    _, x, y = digit_like_set(n=64)
+    sizes = [784, 256, 4]
+    params = network.init_params(sizes, "he", np.random.default_rng(0))
+    weights, biases = network.layer_views(params, sizes)
+    buffers = training.make_buffers(sizes, 64, 0.0, 0.0)
+    tracemalloc.start()
+    try:
+        training.sgd_step(weights, biases, x, y, "relu", buffers, None, 0.1, 0.01)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < weights[0].nbytes / 10
 
 
 def test_weight_decay_is_the_l2_gradient_added_to_the_step():
