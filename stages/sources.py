@@ -112,21 +112,9 @@ def check_digits(files: Files, directory: Path) -> None:
     for images_name, labels_name in IDX_PAIRS:
         images_path, labels_path = (local_file(directory, images_name),
                                     local_file(directory, labels_name))
-        images = idx.decode(files[images_name], str(images_path))
-        labels = idx.decode(files[labels_name], str(labels_path))
-        if images.ndim != 3 or images.shape[1:] != (28, 28):
-            raise PipelineError(f"{images_path}: images of shape {images.shape}, "
-                                f"expected (N, 28, 28)")
-        if not len(images):
-            raise PipelineError(f"{images_path}: holds no images")
-        if labels.ndim != 1:
-            raise PipelineError(f"{labels_path}: labels of shape {labels.shape}, expected (N,)")
-        if len(labels) != len(images):
-            raise PipelineError(f"{labels_path}: {len(labels)} labels for the {len(images)} "
-                                f"images in {images_path}")
-        if labels.max() > 9:
-            raise PipelineError(f"{labels_path}: label {labels.max()} at index "
-                                f"{int(labels.argmax())}, expected 0-9")
+        mnist.check_pair(idx.decode(files[images_name], str(images_path)),
+                         idx.decode(files[labels_name], str(labels_path)),
+                         str(images_path), str(labels_path))
 
 
 def from_mirror(base_url: str, workdir: Path, **download_options: float) -> Files:

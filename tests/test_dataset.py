@@ -25,8 +25,9 @@ def test_read_pair_returns_the_arrays(tmp_path):
         (np.zeros((2, 28, 27), np.uint8), np.zeros(2, np.uint8), r"images of shape \(2, 28, 27\)"),
         (np.zeros((2, 784), np.uint8), np.zeros(2, np.uint8), "expected \\(N, 28, 28\\)"),
         (np.zeros((2, 28, 28), np.uint8), np.zeros((2, 1), np.uint8), "labels of shape"),
-        (np.zeros((2, 28, 28), np.uint8), np.zeros(3, np.uint8), "3 labels for 2 images"),
-        (np.zeros((2, 28, 28), np.uint8), np.array([3, 10], np.uint8), "label 10 found"),
+        (np.zeros((2, 28, 28), np.uint8), np.zeros(3, np.uint8), "3 labels for the 2 images in "),
+        (np.zeros((2, 28, 28), np.uint8), np.array([3, 10], np.uint8),
+         "label 10 at index 1, expected 0-9"),
     ],
 )
 def test_read_pair_rejects_what_is_not_mnist(tmp_path, images, labels, message):
