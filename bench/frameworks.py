@@ -45,7 +45,7 @@ def ours(data: Data, hidden: list[int], epochs: int, seed: int) -> tuple[list[fl
                                  lr_warmup_epochs=0, weight_decay=0.0, dropout=0.0, shift=0)
     init_rng, *rngs = np.random.default_rng(seed).spawn(3)
     params = network.init_params(sizes, "he", init_rng)
-    buffers = training.make_buffers(sizes, BATCH, 0.0, 0.0)
+    buffers = training.make_buffers(sizes, BATCH, 0.0, 0.0, with_gradient=False)
     state = optim.init_state("sgd", len(params))
     steps = math.ceil(len(data["x_train"]) / BATCH)
     pixels = training.compact_pixels(data["x_train"])  # once per run, as the train stage does

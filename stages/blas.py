@@ -6,7 +6,10 @@ second pass reads and writes every weight.
 
 The call goes to the OpenBLAS that NumPy's wheels bundle and have already loaded (built with
 64-bit integers: its symbols end in 64_). A NumPy built against another BLAS has no such
-library; there np.matmul and a second pass give the same numbers.
+library; there np.matmul and a second pass do the same sum. The bits match while k, the rows
+of a and b, fits in one of OpenBLAS's blocks along k (320 with the AVX2 kernels), so for any
+usual batch; beyond that, BLAS adds each block's partial product into out in turn, and the
+two differ by rounding.
 """
 
 import ctypes
@@ -17,7 +20,8 @@ import numpy as np
 
 ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112  # CBLAS's enums
 # Below this many outputs, the call through ctypes costs more than the pass it saves
-# (measured with 64 rows: 784 x 24 outputs take 0.7 us less through NumPy, 784 x 32 6 us more).
+# (measured with 64 rows: 784 x 24 outputs take 0.7 us less through NumPy, 784 x 32 take
+# 6 us more).
 MIN_BLAS_OUTPUTS = 20_000
 
 
@@ -43,20 +47,25 @@ SGEMM = find_sgemm()
 
 
 def address(a: np.ndarray) -> ctypes.Array:
-    # A zero-length ctypes array on a's memory passes as its address, at a quarter of the cost
-    # of a.ctypes.data, and keeps a alive for the call.
+    # A zero-length ctypes array on a's (writable) memory passes as its address, at a quarter
+    # of the cost of a.ctypes.data, and keeps a alive for the call.
     return (ctypes.c_char * 0).from_buffer(a)
 
 
 def blas_pays(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> bool:
-    return SGEMM is not None and out.size >= MIN_BLAS_OUTPUTS and a.size > 0 and all(
-        x.dtype == np.float32 and x.ndim == 2 and x.flags.c_contiguous for x in (a, b, out))
+    """Whether the call can take these arrays as they are and is worth its overhead. BLAS
+    reads a and b while it writes out, so they must not overlap it."""
+    return (SGEMM is not None and out.size >= MIN_BLAS_OUTPUTS and a.size > 0
+            and all(x.dtype == np.float32 and x.ndim == 2 and x.flags.c_contiguous
+                    and x.flags.writeable for x in (a, b, out))
+            and not np.may_share_memory(out, a) and not np.may_share_memory(out, b))
 
 
 def matmul_tn(a: np.ndarray, b: np.ndarray, out: np.ndarray, keep: float = 0.0) -> np.ndarray:
     """out = keep * out + a.T @ b, for a (k, m), b (k, n) and out (m, n). Through BLAS when it
-    is there, the arrays are C-ordered float32 and out is large enough to pay for the call; else
-    by np.matmul and a second pass. The same bits either way."""
+    is there, the arrays are C-ordered float32 apart from out, and out is large enough to pay
+    for the call; else by np.matmul and a second pass. keep is rounded to float32 either way,
+    like the numbers it scales: 1 - x moves in steps of 6e-8."""
     if a.shape[0] != b.shape[0] or out.shape != (a.shape[1], b.shape[1]):
         raise ValueError(f"matmul_tn: shapes {a.shape}.T @ {b.shape} -> {out.shape} do not fit")
     if keep == 0.0:

@@ -221,7 +221,7 @@ def backward(
     decay for shrink = 1 - lr * decay: each layer is updated once backprop is done with it."""
     rows = len(delta)
     ones = np.ones(rows, delta.dtype) if ones is None else ones[:rows]
-    keep = 0.0 if shrink is None else shrink  # what grad_w keeps of its contents
+    keep = 0.0 if shrink is None else shrink  # 0 ignores what grad_w held, even NaN
     for layer in reversed(range(len(weights))):
         below = None
         if layer:  # the input needs no delta

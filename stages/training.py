@@ -30,25 +30,29 @@ class Buffers:
     deltas: list[np.ndarray]  # per layer: dLoss/dz
     masks: list[np.ndarray]  # per hidden layer, when dropout is on
     ones: np.ndarray  # for the bias gradients' column sums
-    grad: np.ndarray  # flat, laid out like the parameters
-    decay: np.ndarray | None  # scratch for weight decay, when it is on
-    grad_w: list[np.ndarray]
+    grad: np.ndarray | None  # flat, laid out like the parameters, for gradient()
+    decay: np.ndarray | None  # scratch for weight decay added to grad
+    grad_w: list[np.ndarray]  # views into grad
     grad_b: list[np.ndarray]
 
 
-def make_buffers(sizes: list[int], rows: int, dropout: float, weight_decay: float) -> Buffers:
+def make_buffers(sizes: list[int], rows: int, dropout: float, weight_decay: float,
+                 with_gradient: bool = True) -> Buffers:
+    """Buffers for batches of up to `rows` rows. Only gradient() needs a whole gradient: plain
+    SGD steps inside backprop (sgd_step), so it goes without (with_gradient=False)."""
     def per_layer(widths: list[int]) -> list[np.ndarray]:
         return [np.empty((rows, width), np.float32) for width in widths]
 
-    grad = np.empty(network.n_params(sizes), np.float32)
-    grad_w, grad_b = network.layer_views(grad, sizes)
+    grad = np.empty(network.n_params(sizes), np.float32) if with_gradient else None
+    grad_w, grad_b = network.layer_views(grad, sizes) if grad is not None else ([], [])
     return Buffers(
         codes=np.empty((rows, sizes[0]), np.uint8),
         x=np.empty((rows, sizes[0]), np.float32), y=np.empty((rows, sizes[-1]), np.float32),
         outputs=per_layer(sizes[1:]), slopes=per_layer(sizes[1:-1]), deltas=per_layer(sizes[1:]),
         masks=per_layer(sizes[1:-1]) if dropout else [], ones=np.ones(rows, np.float32),
         grad=grad,
-        decay=np.empty(network.n_weights(sizes), np.float32) if weight_decay else None,
+        decay=(np.empty(network.n_weights(sizes), np.float32)
+               if with_gradient and weight_decay else None),
         grad_w=grad_w, grad_b=grad_b)
 
 
@@ -108,6 +112,8 @@ def gradient(weights: list[np.ndarray], biases: list[np.ndarray], x: np.ndarray,
              y: np.ndarray, activation: str, buffers: Buffers,
              masks: list[np.ndarray] | None = None) -> np.ndarray:
     """The gradient of the mean cross-entropy on the batch (x, y), in buffers.grad."""
+    if buffers.grad is None:
+        raise ValueError("gradient() needs buffers made with_gradient")
     outputs, slopes, delta = forward_and_delta(weights, biases, x, y, activation, buffers,
                                                masks, 1.0)
     network.backward(weights, outputs, slopes, delta, buffers.grad_w, buffers.grad_b,
@@ -193,7 +199,8 @@ def train(
                                    total_steps, step // steps_per_epoch, config.lr_step_epochs,
                                    config.lr_step_factor, config.lr_warmup_epochs * steps_per_epoch)
 
-    buffers = make_buffers(sizes, batch, config.dropout, config.weight_decay)
+    buffers = make_buffers(sizes, batch, config.dropout, config.weight_decay,
+                           with_gradient=config.optimizer != "sgd")
     state = optim.init_state(config.optimizer, len(params))
     train_view = (x[:TRAIN_SCORE_ROWS], y[:TRAIN_SCORE_ROWS])
     best, best_acc, best_epoch = np.empty_like(params), -1.0, 0

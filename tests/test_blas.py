@@ -21,7 +21,7 @@ def test_numpys_bundled_openblas_is_found_where_numpy_says_it_has_one():
 
 
 @needs_blas
-@pytest.mark.parametrize("keep", [1.0, 0.999, 0.0])
+@pytest.mark.parametrize("keep", [1.0, 0.999, 1 - 0.1 * 1e-4])  # the last: lr 0.1, decay 1e-4
 def test_blas_and_numpy_give_the_same_bits(monkeypatch, keep):
     a, b, start = operands()
     assert start.size >= blas.MIN_BLAS_OUTPUTS  # so the first call goes through BLAS
@@ -35,21 +35,46 @@ def test_blas_and_numpy_give_the_same_bits(monkeypatch, keep):
 
 @needs_blas
 def test_blas_writes_into_out_and_nothing_else():
-    a, b, out = operands()
-    a_before, b_before, want = a.copy(), b.copy(), out + a.T @ b
+    a, b, weights = operands()
+    # out is a view inside a longer vector, as each layer's weights are in the parameters.
+    flat = np.full(weights.size + 200, -7.0, np.float32)
+    out = flat[100:-100].reshape(weights.shape)
+    out[...] = weights
+    a_before, b_before, want = a.copy(), b.copy(), weights + a.T @ b
     assert blas.matmul_tn(a, b, out, 1.0) is out
     np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+    assert (flat[:100] == -7).all()
+    assert (flat[-100:] == -7).all()
     assert a.tobytes() == a_before.tobytes()
     assert b.tobytes() == b_before.tobytes()
 
 
-@pytest.mark.parametrize("layout", ["float64", "strided", "small"])
+@needs_blas
+def test_past_one_block_of_rows_blas_and_numpy_differ_only_by_rounding(monkeypatch):
+    a, b, start = operands(k=1000)
+    through_blas = blas.matmul_tn(a, b, start.copy(), 1.0)
+    monkeypatch.setattr(blas, "SGEMM", None)
+    through_numpy = blas.matmul_tn(a, b, start.copy(), 1.0)
+    np.testing.assert_allclose(through_blas, through_numpy, rtol=1e-5, atol=1e-4)
+
+
+def test_keep_zero_ignores_what_out_held():
+    a, b, _ = operands()
+    out = np.full((a.shape[1], b.shape[1]), np.nan, np.float32)
+    np.testing.assert_array_equal(blas.matmul_tn(a, b, out), a.T @ b)
+
+
+@pytest.mark.parametrize("layout", ["float64", "strided", "small", "read-only", "overlapping"])
 def test_other_layouts_take_the_numpy_path_to_the_same_sum(layout):
     a, b, out = operands(m=(10 if layout == "small" else 300))
     if layout == "float64":
         a, b, out = a.astype(np.float64), b.astype(np.float64), out.astype(np.float64)
     if layout == "strided":
         a = np.repeat(a, 2, axis=1)[:, ::2]  # same values, every other column of a wider array
+    if layout == "read-only":
+        a.flags.writeable = False
+    if layout == "overlapping":  # b is out's first rows: BLAS would read what it overwrites
+        b = out[: len(a)]
     want = 0.5 * out + a.T @ b
     got = blas.matmul_tn(a, b, out, 0.5)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

@@ -136,9 +136,9 @@ def test_an_epoch_on_pixel_codes_equals_one_on_their_floats(batch_size, shift):
 def sgd_epoch(sizes, x, y, weight_decay=0.0):
     params = network.init_params(sizes, "he", np.random.default_rng(1))
     cfg = config(batch_size=64, weight_decay=weight_decay)
-    training.run_epoch(params, sizes, x, y, cfg,
-                       training.make_buffers(sizes, 64, 0.0, weight_decay), {}, lambda _: 0.1,
-                       0, tuple(np.random.default_rng(2).spawn(2)))
+    buffers = training.make_buffers(sizes, 64, 0.0, weight_decay, with_gradient=False)
+    training.run_epoch(params, sizes, x, y, cfg, buffers, {}, lambda _: 0.1, 0,
+                       tuple(np.random.default_rng(2).spawn(2)))
     return params
 
 
@@ -177,7 +177,7 @@ def test_weight_decay_is_the_l2_gradient_added_to_the_step():
     count = network.n_weights(sizes)
     grad[:count] += 0.01 * params[:count]
     expected = params - 0.5 * grad
-    for optimizer in ("sgd", "momentum"):  # lr folded into the delta, and not
+    for optimizer in ("sgd", "momentum"):  # decay through GEMM's beta, and as a gradient
         got = params.copy()
         cfg = config(lr=0.5, batch_size=len(x), weight_decay=0.01, optimizer=optimizer)
         training.run_epoch(got, sizes, x, y, cfg, training.make_buffers(sizes, 32, 0.0, 0.01),
@@ -246,3 +246,15 @@ def test_buffers_hold_a_full_batch_for_every_layer():
     assert [a.shape for a in buffers.masks] == [(64, 32), (64, 16)]
     assert buffers.grad.size == network.n_params([784, 32, 16, 10])
     assert buffers.decay is None
+
+
+def test_buffers_for_plain_sgd_hold_no_gradient():
+    x, y = separable_set(n=8)
+    sizes = [8, 5, 4]
+    buffers = training.make_buffers(sizes, 8, 0.0, 0.01, with_gradient=False)
+    assert buffers.grad is None
+    assert buffers.decay is None
+    params = network.init_params(sizes, "he", np.random.default_rng(0))
+    weights, biases = network.layer_views(params, sizes)
+    with pytest.raises(ValueError, match="gradient\\(\\) needs buffers made with_gradient"):
+        training.gradient(weights, biases, x, y, "relu", buffers)
