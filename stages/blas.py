@@ -63,9 +63,9 @@ def blas_pays(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> bool:
 
 def matmul_tn(a: np.ndarray, b: np.ndarray, out: np.ndarray, keep: float = 0.0) -> np.ndarray:
     """out = keep * out + a.T @ b, for a (k, m), b (k, n) and out (m, n). Through BLAS when it
-    is there, the arrays are C-ordered float32 apart from out, and out is large enough to pay
-    for the call; else by np.matmul and a second pass. keep is rounded to float32 either way,
-    like the numbers it scales: 1 - x moves in steps of 6e-8."""
+    is there, all three are writable C-ordered float32, out overlaps neither a nor b, and out is
+    large enough to pay for the call; else by np.matmul and a second pass. keep is rounded to
+    float32 either way, like the numbers it scales: 1 - x moves in steps of 6e-8."""
     if a.shape[0] != b.shape[0] or out.shape != (a.shape[1], b.shape[1]):
         raise ValueError(f"matmul_tn: shapes {a.shape}.T @ {b.shape} -> {out.shape} do not fit")
     if keep == 0.0:
