@@ -7,13 +7,14 @@ import json
 import time
 from pathlib import Path
 
-from test_own_data import Scratch, scratch_repo, write_idx_dir
+from test_own_data import scratch_repo, write_idx_dir
+from test_pipeline import Repo
 
 HIDDEN = ([4], [12])
 QUEUE_TIMEOUT = 180  # seconds; the whole test takes about 20 on a 2-core machine
 
 
-def wait_for_queue(scratch: Scratch) -> str:
+def wait_for_queue(scratch: Repo) -> str:
     """`dvc queue status` once nothing is queued or running any more."""
     deadline = time.monotonic() + QUEUE_TIMEOUT
     while time.monotonic() < deadline:
@@ -36,7 +37,7 @@ def experiments(shown: list[dict]) -> dict[str, dict]:
 
 def test_a_queued_sweep_runs_in_two_workers_and_shows_both(tmp_path: Path) -> None:
     scratch = scratch_repo(tmp_path, "data/local/digits")
-    write_idx_dir(scratch.repo / "data/local/digits", seed=3)
+    write_idx_dir(scratch.path / "data/local/digits", seed=3)
     scratch.dvc("add", "-q", "data/local/digits")
     scratch.git("add", "-A")
     scratch.git("commit", "-q", "-m", "own digits")

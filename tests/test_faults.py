@@ -26,8 +26,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_pipeline import write_synthetic
-from test_reproducible import Repo, build_repo, snapshot
+from test_pipeline import Repo, write_synthetic
+from test_reproducible import build_repo, snapshot
 
 from stages import mnist
 

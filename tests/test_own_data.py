@@ -6,15 +6,12 @@ enough that every `dvc repro` takes a few seconds.
 """
 
 import gzip
-import subprocess
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
-from test_pipeline import init_project, isolated_env, run, synthetic_images
+from test_pipeline import Repo, init_project, isolated_env, synthetic_images
 
 from stages import idx, kaggle
 from stages.errors import PipelineError
@@ -23,35 +20,25 @@ QUICK = {"preprocess": {"val_size": 100},
          "train": {"hidden": [16], "epochs": 2, "batch_size": 32}}
 
 
-@dataclass
-class Scratch:
-    repo: Path
-    env: dict[str, str]
-
-    def dvc(self, *args: str) -> subprocess.CompletedProcess:
-        return run([sys.executable, "-m", "dvc", *args], self.repo, self.env)
-
-    def git(self, *args: str) -> subprocess.CompletedProcess:
-        return run(["git", *args], self.repo, self.env)
-
-    def set_params(self, section: str, **values: object) -> None:
-        path = self.repo / "params.yaml"
-        params = yaml.safe_load(path.read_text())
-        params[section].update(values)
-        path.write_text(yaml.safe_dump(params, sort_keys=False))
-
-    def repro(self) -> str:
-        result = self.dvc("repro")
-        return result.stdout + result.stderr
+def set_params(repo: Repo, section: str, **values: object) -> None:
+    path = repo.path / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    params[section].update(values)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def scratch_repo(root: Path, local_dir: str) -> Scratch:
+def repro(repo: Repo) -> str:
+    result = repo.dvc("repro")
+    return result.stdout + result.stderr
+
+
+def scratch_repo(root: Path, local_dir: str) -> Repo:
     """A git + DVC repository (nothing committed yet) holding this project's pipeline, with
     quick training params and `fetch.verify: false` on `local_dir`."""
-    scratch = Scratch(root / "repo", isolated_env(root))
+    scratch = Repo(root / "repo", isolated_env(root))
     fetch = {"sources": ["local"], "local_dir": local_dir, "verify": False}
-    init_project(scratch.repo, scratch.env, {"fetch": fetch, **QUICK})
-    (scratch.repo / "data/local").mkdir(parents=True)
+    init_project(scratch.path, scratch.env, {"fetch": fetch, **QUICK})
+    (scratch.path / "data/local").mkdir(parents=True)
     return scratch
 
 
@@ -98,56 +85,56 @@ def ran(log: str) -> list[str]:
 
 def test_an_idx_directory_runs_through_and_dvc_watches_it(tmp_path: Path) -> None:
     scratch = scratch_repo(tmp_path, "data/local/digits")
-    files = write_idx_dir(scratch.repo / "data/local/digits", seed=1)
+    files = write_idx_dir(scratch.path / "data/local/digits", seed=1)
     # Versioned with DVC, as the README suggests for data too big for git.
     scratch.dvc("add", "-q", "data/local/digits")
     scratch.git("add", "-A")
     scratch.git("commit", "-q", "-m", "own digits")
 
-    log = scratch.repro()
+    log = repro(scratch)
     assert ran(log) == ["fetch", "preprocess", "train", "evaluate"], log
     assert "not verified (fetch.verify is false)" in log
     for name, data in files.items():
-        assert (scratch.repo / "data/raw" / name).read_bytes() == data, name
-    assert "Data and pipelines are up to date" in scratch.repro()
+        assert (scratch.path / "data/raw" / name).read_bytes() == data, name
+    assert "Data and pipelines are up to date" in repro(scratch)
 
     # New test labels: DVC sees the directory change and reruns fetch and what follows.
     relabelled = (idx.decode(files["t10k-labels-idx1-ubyte"], "labels") + 1) % 10
-    (scratch.repo / "data/local/digits/t10k-labels-idx1-ubyte").write_bytes(
+    (scratch.path / "data/local/digits/t10k-labels-idx1-ubyte").write_bytes(
         idx.encode(relabelled))
     status = scratch.dvc("status").stdout
     assert "modified:           data/local/digits" in status, status
-    log = scratch.repro()
+    log = repro(scratch)
     assert ran(log) == ["fetch", "preprocess", "train", "evaluate"], log
-    np.testing.assert_array_equal(raw_labels(scratch.repo, "t10k"), relabelled)
+    np.testing.assert_array_equal(raw_labels(scratch.path, "t10k"), relabelled)
 
 
 def test_a_kaggle_csv_runs_through_with_a_seeded_test_split(tmp_path: Path) -> None:
     scratch = scratch_repo(tmp_path, "data/local/kaggle")
     images, labels = synthetic_digits(700, seed=2)
-    (scratch.repo / "data/local/kaggle").mkdir()
-    (scratch.repo / "data/local/kaggle/train.csv").write_text(csv_text(images, labels))
-    scratch.set_params("fetch", test_size=200, split_seed=5)
+    (scratch.path / "data/local/kaggle").mkdir()
+    (scratch.path / "data/local/kaggle/train.csv").write_text(csv_text(images, labels))
+    set_params(scratch, "fetch", test_size=200, split_seed=5)
     scratch.git("add", "-A")
     scratch.git("commit", "-q", "-m", "kaggle digits")
 
-    log = scratch.repro()
+    log = repro(scratch)
     assert ran(log) == ["fetch", "preprocess", "train", "evaluate"], log
     assert "split with fetch.test_size 200 and fetch.split_seed 5" in log
-    test_labels, train_labels = raw_labels(scratch.repo, "t10k"), raw_labels(scratch.repo, "train")
+    test_labels, train_labels = raw_labels(scratch.path, "t10k"), raw_labels(scratch.path, "train")
     assert (len(test_labels), len(train_labels)) == (200, 500)
     order = np.random.default_rng(5).permutation(700)
     np.testing.assert_array_equal(test_labels, labels[order[:200]])
     np.testing.assert_array_equal(train_labels, labels[order[200:]])
-    prepared = np.load(scratch.repo / "data/prepared/x_test.npy", allow_pickle=False)
+    prepared = np.load(scratch.path / "data/prepared/x_test.npy", allow_pickle=False)
     pixels = images[order[:200]].reshape(200, 784)
     np.testing.assert_array_equal(prepared, np.multiply(pixels, np.float32(1 / 255),
                                                         dtype=np.float32))
-    accuracy = yaml.safe_load((scratch.repo / "metrics/metrics.json").read_text())["test"]
+    accuracy = yaml.safe_load((scratch.path / "metrics/metrics.json").read_text())["test"]
     assert accuracy["accuracy"] > 0.5, accuracy  # guessing gives 0.1
 
     # Another split is another fetch output, which DVC sees as a params change.
-    scratch.set_params("fetch", split_seed=6)
+    set_params(scratch, "fetch", split_seed=6)
     status = scratch.dvc("status").stdout
     assert "modified:           fetch.split_seed" in status, status
 

@@ -103,6 +103,20 @@ def isolated_env(scratch: Path) -> dict[str, str]:
     return env
 
 
+@dataclass
+class Repo:
+    """A scratch git + DVC repository and the environment its commands run in."""
+
+    path: Path
+    env: dict[str, str]
+
+    def git(self, *args: str) -> subprocess.CompletedProcess:
+        return run(["git", *args], self.path, self.env)
+
+    def dvc(self, *args: str) -> subprocess.CompletedProcess:
+        return run([sys.executable, "-m", "dvc", *args], self.path, self.env)
+
+
 def init_project(repo: Path, env: dict[str, str], changes: dict[str, dict],
                  gitignore: str = "__pycache__/\n") -> dict:
     """Make `repo` a git + DVC repository holding this project's stages and dvc.yaml, with
@@ -117,11 +131,11 @@ def init_project(repo: Path, env: dict[str, str], changes: dict[str, dict],
         params[section].update(values)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (repo / ".gitignore").write_text(gitignore)
-    dvc = [sys.executable, "-m", "dvc"]
-    run(["git", "-c", "init.defaultBranch=main", "init", "-q"], repo, env)
-    run([*dvc, "init", "-q"], repo, env)
-    run([*dvc, "config", "core.analytics", "false"], repo, env)
-    run([*dvc, "config", "core.check_update", "false"], repo, env)
+    commands = Repo(repo, env)
+    commands.git("-c", "init.defaultBranch=main", "init", "-q")
+    commands.dvc("init", "-q")
+    commands.dvc("config", "core.analytics", "false")
+    commands.dvc("config", "core.check_update", "false")
     return params
 
 
@@ -136,10 +150,10 @@ class Pipeline:
     results: dict[str, bytes]  # RESULT_FILES after the first run
 
     def git(self, *args: str) -> subprocess.CompletedProcess:
-        return run(["git", *args], self.repo, self.env)
+        return Repo(self.repo, self.env).git(*args)
 
     def dvc(self, *args: str) -> subprocess.CompletedProcess:
-        return run([sys.executable, "-m", "dvc", *args], self.repo, self.env)
+        return Repo(self.repo, self.env).dvc(*args)
 
     def read_results(self) -> dict[str, bytes]:
         return {name: (self.repo / name).read_bytes() for name in RESULT_FILES}

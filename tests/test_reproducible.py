@@ -14,12 +14,11 @@ import os
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
-from test_pipeline import PROJECT, init_project, isolated_env, run, write_synthetic
+from test_pipeline import PROJECT, Repo, init_project, isolated_env, run, write_synthetic
 
 # Everything DVC or git tracks that a stage writes, plus the lock that records it.
 TRACKED_OUTPUTS = ("data/raw", "data/prepared", "models", "metrics", "dvc.lock")
@@ -27,34 +26,26 @@ TRAIN_ARGS = ("--data", "data/prepared", "--model", "{out}/model.npz", "--metric
               "{out}/train.json", "--history", "{out}/history.csv")
 
 
-@dataclass
-class Repo:
-    path: Path
-    env: dict[str, str]
-
-    def dvc(self, *args: str) -> subprocess.CompletedProcess:
-        return run([sys.executable, "-m", "dvc", *args], self.path, self.env)
-
-    def stage(self, *args: str, prelude: str = "") -> subprocess.CompletedProcess:
-        """A stage module run as `python -m`, after `prelude` (Python) has run."""
-        code = f"import runpy, sys\n{prelude}\nrunpy.run_module(sys.argv.pop(1), " \
-               f"run_name='__main__', alter_sys=True)"
-        return run([sys.executable, "-c", code, *args], self.path, self.env)
+def run_stage(repo: Repo, *args: str, prelude: str = "") -> subprocess.CompletedProcess:
+    """A stage module run as `python -m`, after `prelude` (Python) has run."""
+    code = f"import runpy, sys\n{prelude}\nrunpy.run_module(sys.argv.pop(1), " \
+           f"run_name='__main__', alter_sys=True)"
+    return run([sys.executable, "-c", code, *args], repo.path, repo.env)
 
 
 def build_repo(scratch: Path, epochs: int = 3) -> Repo:
     """A git + DVC repository at scratch/repo with this project's stages, dvc.yaml and
     params.yaml, set to read the synthetic data unverified; committed, not yet reproduced."""
-    repo, env = scratch / "repo", isolated_env(scratch)
-    init_project(repo, env, {
+    repo = Repo(scratch / "repo", isolated_env(scratch))
+    init_project(repo.path, repo.env, {
         "fetch": {"sources": ["local"], "local_dir": "data/external/mnist", "verify": False},
         "preprocess": {"val_size": 100},
         "train": {"epochs": epochs, "batch_size": 32},
     }, gitignore="__pycache__/\n/data/external/\n")
-    write_synthetic(repo / "data/external/mnist")
-    run(["git", "add", "-A"], repo, env)
-    run(["git", "commit", "-q", "-m", "pipeline on synthetic data"], repo, env)
-    return Repo(repo, env)
+    write_synthetic(repo.path / "data/external/mnist")
+    repo.git("add", "-A")
+    repo.git("commit", "-q", "-m", "pipeline on synthetic data")
+    return repo
 
 
 def snapshot(root: Path, paths: tuple[str, ...] = TRACKED_OUTPUTS) -> dict[str, str]:
@@ -133,11 +124,11 @@ def test_outputs_do_not_depend_on_the_clock(two_runs: tuple[Repo, Repo]) -> None
     repo, _ = two_runs
     out = repo.path / "warped"
     try:
-        repo.stage("stages.train", *(arg.format(out="warped") for arg in TRAIN_ARGS),
+        run_stage(repo, "stages.train", *(arg.format(out="warped") for arg in TRAIN_ARGS),
                    prelude=WARPED_CLOCK)
-        repo.stage("stages.evaluate", "--data", "data/prepared", "--model", "warped/model.npz",
+        run_stage(repo, "stages.evaluate", "--data", "data/prepared", "--model", "warped/model.npz",
                    "--out", "warped", prelude=WARPED_CLOCK)
-        repo.stage("stages.preprocess", "--raw", "data/raw", "--out", "warped/prepared",
+        run_stage(repo, "stages.preprocess", "--raw", "data/raw", "--out", "warped/prepared",
                    prelude=WARPED_CLOCK)
         warped = {path.name: path.read_bytes() for path in out.rglob("*") if path.is_file()}
     finally:
