@@ -117,17 +117,9 @@ def write_all(outputs: dict[Path, bytes]) -> None:
             stack.enter_context(atomic_file(path)).write(data)
 
 
-def write_text(path: Path, text: str) -> None:
-    write_bytes(path, text.encode())
-
-
 def json_bytes(obj: Any) -> bytes:
     # NaN is not JSON; refusing it here keeps a broken run from writing a broken metrics file.
     return (json.dumps(obj, indent=2, allow_nan=False) + "\n").encode()
-
-
-def write_json(path: Path, obj: Any) -> None:
-    write_bytes(path, json_bytes(obj))
 
 
 def save_npy(path: Path, array: np.ndarray) -> None:

@@ -596,7 +596,8 @@ def test_committed_mirrors_are_https() -> None:
 def test_full_disk_prelude_really_fails_writes(tmp_path: Path) -> None:
     # The injected ENOSPC must hit the write path the stages use, or the case above proves
     # nothing.
-    code = f"{FULL_DISK}\nfrom stages import files\nfiles.write_text({str(tmp_path / 'x')!r}, 'y')"
+    code = (f"{FULL_DISK}\nfrom pathlib import Path\nfrom stages import files\n"
+            f"files.write_all({{Path({str(tmp_path / 'x')!r}): b'y'}})")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=False, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert "No space left on device" in result.stderr

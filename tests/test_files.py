@@ -57,7 +57,7 @@ def test_atomic_dir_keeps_the_old_directory_on_failure(tmp_path):
 def test_unwritable_location_is_a_one_line_error(tmp_path):
     (tmp_path / "blocker").write_text("a file where a directory should be")
     with pytest.raises(PipelineError, match=r"out\.json: cannot write"):
-        files.write_json(tmp_path / "blocker" / "out.json", {})
+        files.write_bytes(tmp_path / "blocker" / "out.json", files.json_bytes({}))
 
 
 def test_disk_full_keeps_the_old_file_and_no_temporary(tmp_path, monkeypatch):
@@ -89,7 +89,7 @@ def test_npz_bytes_depend_only_on_the_arrays(tmp_path):
 
 
 def test_json_and_npy_round_trip(tmp_path):
-    files.write_json(tmp_path / "m.json", {"test": {"accuracy": 0.5}})
+    files.write_bytes(tmp_path / "m.json", files.json_bytes({"test": {"accuracy": 0.5}}))
     assert json.loads((tmp_path / "m.json").read_text()) == {"test": {"accuracy": 0.5}}
     assert (tmp_path / "m.json").read_text().endswith("}\n")
     array = np.linspace(0, 1, 12, dtype=np.float32).reshape(3, 4)
@@ -99,7 +99,7 @@ def test_json_and_npy_round_trip(tmp_path):
 
 def test_json_refuses_nan_and_writes_nothing(tmp_path):
     with pytest.raises(ValueError, match="not JSON compliant"):
-        files.write_json(tmp_path / "m.json", {"loss": float("nan")})
+        files.write_bytes(tmp_path / "m.json", files.json_bytes({"loss": float("nan")}))
     assert os.listdir(tmp_path) == []
 
 
