@@ -139,14 +139,16 @@ RULES: dict[str, typing.Callable[[Any], str | None]] = {
 def load_params(path: Path = PARAMS_FILE) -> Params:
     """The validated contents of params.yaml; a PipelineError names the first bad key."""
     try:
-        with open(path, encoding="utf-8") as stream:
-            raw = yaml.load(stream, Loader=_UniqueKeyLoader)  # a SafeLoader
+        text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError as err:
         raise PipelineError(f"{path}: not found") from err
     except OSError as err:
         raise PipelineError(f"{path}: cannot read: {err.strerror}") from err
     except UnicodeDecodeError as err:
         raise PipelineError(f"{path}: cannot read: not UTF-8 text ({err.reason})") from err
+    try:
+        _refuse_repeated_keys(yaml.compose(text, Loader=yaml.SafeLoader), str(path))
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise PipelineError(f"{path}: invalid YAML: {' '.join(str(err).split())}") from err
     params = _build(Params, raw, str(path), "")
@@ -159,19 +161,26 @@ def load_params(path: Path = PARAMS_FILE) -> Params:
     return params
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a key given twice, which would otherwise silently win."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        # Keys pulled in by a `<<:` merge may legitimately be overridden, so only the
-        # mapping's own keys must be unique.
-        keys = [self.construct_object(key, deep=deep) for key, _ in node.value
-                if key.tag != "tag:yaml.org,2002:merge"]
-        for key in keys:
-            if keys.count(key) > 1:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", node.start_mark)
-        return super().construct_mapping(node, deep=deep)
+def _refuse_repeated_keys(node: yaml.Node | None, path: str, prefix: str = "",
+                          outer: tuple[yaml.Node, ...] = ()) -> None:
+    """A key given twice in one mapping would otherwise silently win. (`outer` holds the
+    enclosing nodes: an alias can make a mapping contain itself.)"""
+    if not isinstance(node, yaml.MappingNode | yaml.SequenceNode) or node in outer:
+        return
+    if isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _refuse_repeated_keys(item, path, prefix, (*outer, node))
+        return
+    seen = set()
+    for key, value in node.value:
+        # Keys pulled in by a `<<:` merge may legitimately be overridden.
+        if key.tag == "tag:yaml.org,2002:merge":
+            continue
+        if key.value in seen:
+            raise PipelineError(f"{path}: key {prefix}{key.value} given twice (again on line "
+                                f"{key.start_mark.line + 1})")
+        seen.add(key.value)
+        _refuse_repeated_keys(value, path, f"{prefix}{key.value}.", (*outer, node))
 
 
 def _build(cls: type, raw: Any, path: str, prefix: str) -> Any:

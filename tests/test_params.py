@@ -119,10 +119,16 @@ def test_section_that_is_not_a_mapping(tmp_path):
         load_params(write(tmp_path, yaml.safe_dump(raw)))
 
 
-def test_a_key_given_twice_is_refused(tmp_path):
+def test_a_key_given_twice_is_refused_with_its_line(tmp_path):
     text = REAL.read_text().replace("  seed: 0\n", "  seed: 0\n  seed: 1\n")
-    with pytest.raises(PipelineError, match=r"invalid YAML: .*duplicate key 'seed'"):
-        load_params(write(tmp_path, text))
+    line = text.splitlines().index("  seed: 1") + 1
+    path = write(tmp_path, text)
+    with pytest.raises(PipelineError) as err:
+        load_params(path)
+    assert str(err.value) == f"{path}: key train.seed given twice (again on line {line})"
+    top = write(tmp_path, REAL.read_text() + "train: {}\n")
+    with pytest.raises(PipelineError, match=r"key train given twice \(again on line \d+\)"):
+        load_params(top)
 
 
 def test_unreadable_files(tmp_path):
