@@ -67,4 +67,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main, memory_hint="a smaller train.hidden or train.batch_size needs less")

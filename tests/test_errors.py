@@ -13,16 +13,17 @@ def test_pipeline_error_is_one_line_and_exit_1(capsys):
     assert capsys.readouterr().err == "error: params.yaml: train.lr: must be > 0\n"
 
 
-def test_running_out_of_memory_is_one_line_too(capsys):
+@pytest.mark.parametrize(("hint", "ending"), [
+    ("", ""), ("a smaller train.hidden needs less", "; a smaller train.hidden needs less")])
+def test_running_out_of_memory_is_one_line_too(capsys, hint, ending):
     def main():
         raise MemoryError("Unable to allocate 29.2 GiB")
 
     with pytest.raises(SystemExit) as exit_:
-        run_stage(main)
+        run_stage(main, memory_hint=hint)
     assert exit_.value.code == 1
-    assert capsys.readouterr().err == (
-        "error: out of memory (Unable to allocate 29.2 GiB); "
-        "a smaller train.hidden or batch needs less\n")
+    message = f"error: out of memory (Unable to allocate 29.2 GiB){ending}\n"
+    assert capsys.readouterr().err == message
 
 
 def test_other_exceptions_are_bugs_and_keep_their_traceback():
