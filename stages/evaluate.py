@@ -28,7 +28,9 @@ def model_logits(model: tuple[list[np.ndarray], list[np.ndarray], str], path: Pa
     """The model's logits for one split, refusing a model that does not fit the data."""
     weights, biases, activation = model
     modelfile.check_fits(path, weights, x.shape[1], y.shape[1], "data has")
-    logits = network.logits_in_chunks(weights, biases, x, activation)
+    # Overflow shows as inf or NaN in the logits, which the check below reports in one line.
+    with np.errstate(over="ignore", invalid="ignore"):
+        logits = network.logits_in_chunks(weights, biases, x, activation)
     if not np.isfinite(logits).all():
         raise PipelineError(f"{path}: gives non-finite outputs on the {split} set")
     return logits

@@ -14,7 +14,7 @@ import shutil
 import tempfile
 import zipfile
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import IO, Any
@@ -31,6 +31,15 @@ ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 def atomic_file(path: Path) -> Iterator[IO[bytes]]:
     """A binary file handle whose contents appear at `path` only if the block succeeds."""
     path = Path(path)
+    with _synced_temporary(path) as (handle, tmp):
+        yield handle
+    _publish(tmp, path)
+
+
+@contextmanager
+def _synced_temporary(path: Path) -> Iterator[tuple[IO[bytes], str]]:
+    """(handle, name) of a temporary file beside `path`, on disk when the block ends (fsync);
+    deleted if the block fails."""
     try:
         _make_parent(path)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -38,16 +47,23 @@ def atomic_file(path: Path) -> Iterator[IO[bytes]]:
         raise _cannot_write(path, err) from err
     try:
         with os.fdopen(fd, "wb") as handle:
-            yield handle
+            yield handle, tmp
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
     except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(err, OSError):
             raise _cannot_write(path, err) from err
         raise
+
+
+def _publish(tmp: str, path: Path) -> None:
+    try:
+        os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise _cannot_write(path, err) from err
 
 
 @contextmanager
@@ -105,16 +121,20 @@ def _cannot_write(path: Path, err: OSError) -> PipelineError:
     return PipelineError(f"{path}: cannot write: {err.strerror or err}")
 
 
-def write_bytes(path: Path, data: bytes) -> None:
-    write_all({path: data})
-
-
 def write_all(outputs: dict[Path, bytes]) -> None:
-    """Write several outputs, all or none: every temporary file is written first, and the
-    renames happen only once all of them are, so a failure midway changes no output."""
-    with ExitStack() as stack:
+    """Write several outputs, all or none: every temporary file is written and on disk before
+    the first rename, so a failed write (a full disk, say) changes no output."""
+    staged: list[tuple[str, Path]] = []
+    try:
         for path, data in outputs.items():
-            stack.enter_context(atomic_file(path)).write(data)
+            with _synced_temporary(Path(path)) as (handle, tmp):
+                handle.write(data)
+            staged.append((tmp, Path(path)))
+        for tmp, path in staged:
+            _publish(tmp, path)
+    finally:
+        for tmp, _ in staged:
+            Path(tmp).unlink(missing_ok=True)
 
 
 def json_bytes(obj: Any) -> bytes:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from stages.errors import PipelineError
-from stages.files import ZIP_MAGIC, check_magic, npz_bytes, write_bytes
+from stages.files import ZIP_MAGIC, check_magic, npz_bytes
 from stages.network import ACTIVATIONS
 
 
@@ -28,12 +28,9 @@ def check_fits(path: Path, weights: list[np.ndarray], inputs: int, classes: int,
                             f"{weights[-1].shape[1]} classes, {needed} {inputs} and {classes}")
 
 
-def save(path: Path, weights: list[np.ndarray], biases: list[np.ndarray], activation: str) -> None:
-    write_bytes(path, encode(weights, biases, activation))
-
-
 def load(path: Path) -> tuple[list[np.ndarray], list[np.ndarray], str]:
-    """(weights, biases, activation), checked to chain into a valid float32 network."""
+    """(weights, biases, activation), checked to chain into a valid float32 network of finite
+    numbers."""
     check_magic(path, ZIP_MAGIC, "model (.npz)")
     try:
         with np.load(path, allow_pickle=False) as npz:
@@ -55,6 +52,9 @@ def load(path: Path) -> tuple[list[np.ndarray], list[np.ndarray], str]:
         fits = w.ndim == 2 and b.shape == (w.shape[1],)
         if not fits or (i and w.shape[0] != weights[i - 1].shape[1]):
             raise PipelineError(f"{path}: layer {i} shapes W{w.shape} b{b.shape} do not chain")
+        if not (np.isfinite(w).all() and np.isfinite(b).all()):
+            raise PipelineError(f"{path}: layer {i} holds NaN or infinite numbers, expected "
+                                "finite ones")
     if not layers or arrays:
         raise PipelineError(f"{path}: unexpected contents {sorted(arrays) or 'no layers'}")
     return weights, biases, activation

@@ -50,7 +50,10 @@ def predict() -> None:
             print(f"error: {err}", file=sys.stderr)
             failed = True
             continue
-        logits = network.logits_in_chunks(weights, biases, row, activation)
+        with np.errstate(over="ignore", invalid="ignore"):  # reported just below
+            logits = network.logits_in_chunks(weights, biases, row, activation)
+        if not np.isfinite(logits).all():
+            raise PipelineError(f"{args.model}: gives non-finite outputs for {path}")
         print(prediction_line(path, network.softmax(logits)[0]))
     if failed:
         sys.exit(1)

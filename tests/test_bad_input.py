@@ -84,7 +84,7 @@ def write_prepared(directory: Path) -> None:
 
 def save_model(path: Path, sizes: list[int]) -> None:
     weights, biases = network.init_layers(sizes, np.random.default_rng(0))
-    modelfile.save(path, weights, biases, "relu")
+    path.write_bytes(modelfile.encode(weights, biases, "relu"))
 
 
 @pytest.fixture
@@ -420,7 +420,7 @@ CASES = [
          "out/model.npz/model.npz: cannot write: out/model.npz is not a directory",
          lambda proj, _: None),
     Case("output: disk full (injected ENOSPC)", "train",
-         "out/train.json: cannot write: No space left on device", lambda proj, _: None,
+         "out/model.npz: cannot write: No space left on device", lambda proj, _: None,
          FULL_DISK),
 ]
 ARGS = {"output: a file where a directory goes": (

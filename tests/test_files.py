@@ -57,7 +57,7 @@ def test_atomic_dir_keeps_the_old_directory_on_failure(tmp_path):
 def test_unwritable_location_is_a_one_line_error(tmp_path):
     (tmp_path / "blocker").write_text("a file where a directory should be")
     with pytest.raises(PipelineError, match=r"out\.json: cannot write"):
-        files.write_bytes(tmp_path / "blocker" / "out.json", files.json_bytes({}))
+        files.write_all({tmp_path / "blocker" / "out.json": files.json_bytes({})})
 
 
 def test_disk_full_keeps_the_old_file_and_no_temporary(tmp_path, monkeypatch):
@@ -69,16 +69,16 @@ def test_disk_full_keeps_the_old_file_and_no_temporary(tmp_path, monkeypatch):
 
     monkeypatch.setattr(files.os, "fsync", full_disk)
     with pytest.raises(PipelineError, match=r"model\.npz: cannot write: No space left on device"):
-        files.write_bytes(target, b"new contents")
+        files.write_all({target: b"new contents"})
     assert target.read_bytes() == b"old"
     assert os.listdir(tmp_path) == ["model.npz"]
 
 
 def test_npz_bytes_depend_only_on_the_arrays(tmp_path):
     arrays = {"W0": np.arange(6, dtype=np.float32).reshape(2, 3), "activation": np.array("relu")}
-    files.write_bytes(tmp_path / "a.npz", files.npz_bytes(arrays))
+    files.write_all({tmp_path / "a.npz": files.npz_bytes(arrays)})
     os.utime(tmp_path, (0, 0))
-    files.write_bytes(tmp_path / "b.npz", files.npz_bytes(arrays))
+    files.write_all({tmp_path / "b.npz": files.npz_bytes(arrays)})
     digest = [hashlib.sha256((tmp_path / n).read_bytes()).hexdigest() for n in ("a.npz", "b.npz")]
     assert digest[0] == digest[1]
     with zipfile.ZipFile(tmp_path / "a.npz") as archive:
@@ -89,7 +89,7 @@ def test_npz_bytes_depend_only_on_the_arrays(tmp_path):
 
 
 def test_json_and_npy_round_trip(tmp_path):
-    files.write_bytes(tmp_path / "m.json", files.json_bytes({"test": {"accuracy": 0.5}}))
+    files.write_all({tmp_path / "m.json": files.json_bytes({"test": {"accuracy": 0.5}})})
     assert json.loads((tmp_path / "m.json").read_text()) == {"test": {"accuracy": 0.5}}
     assert (tmp_path / "m.json").read_text().endswith("}\n")
     array = np.linspace(0, 1, 12, dtype=np.float32).reshape(3, 4)
@@ -99,7 +99,7 @@ def test_json_and_npy_round_trip(tmp_path):
 
 def test_json_refuses_nan_and_writes_nothing(tmp_path):
     with pytest.raises(ValueError, match="not JSON compliant"):
-        files.write_bytes(tmp_path / "m.json", files.json_bytes({"loss": float("nan")}))
+        files.write_all({tmp_path / "m.json": files.json_bytes({"loss": float("nan")})})
     assert os.listdir(tmp_path) == []
 
 
@@ -136,6 +136,27 @@ def test_load_npy_refuses_pickles_and_names_the_file(tmp_path):
         files.load_npy(tmp_path / "obj.npy")
     with pytest.raises(PipelineError, match=r"missing\.npy: not found"):
         files.load_npy(tmp_path / "missing.npy")
+
+
+def test_write_all_renames_nothing_until_every_file_is_on_disk(tmp_path, monkeypatch):
+    (tmp_path / "a.json").write_text("old a")
+    (tmp_path / "b.json").write_text("old b")
+    real_fsync = files.os.fsync
+    synced = []
+
+    def third_sync_fails(fd):
+        synced.append(fd)
+        if len(synced) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(files.os, "fsync", third_sync_fails)
+    outputs = {tmp_path / "a.json": b"new a", tmp_path / "b.json": b"new b",
+               tmp_path / "c.json": b"new c"}
+    with pytest.raises(PipelineError, match=r"c\.json: cannot write: No space left on device"):
+        files.write_all(outputs)
+    assert [(tmp_path / n).read_text() for n in ("a.json", "b.json")] == ["old a", "old b"]
+    assert sorted(os.listdir(tmp_path)) == ["a.json", "b.json"]
 
 
 def test_write_all_changes_no_output_when_one_write_fails(tmp_path, monkeypatch):

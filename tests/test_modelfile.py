@@ -13,7 +13,7 @@ def layers():
 
 
 def test_round_trip_without_pickle(tmp_path, layers):
-    modelfile.save(tmp_path / "model.npz", *layers, "relu")
+    (tmp_path / "model.npz").write_bytes(modelfile.encode(*layers, "relu"))
     weights, biases, activation = modelfile.load(tmp_path / "model.npz")
     assert activation == "relu"
     for got, want in zip(weights + biases, layers[0] + layers[1], strict=True):
@@ -25,7 +25,7 @@ def test_round_trip_without_pickle(tmp_path, layers):
 
 
 def test_truncated_model_is_rejected(tmp_path, layers):
-    modelfile.save(tmp_path / "model.npz", *layers, "relu")
+    (tmp_path / "model.npz").write_bytes(modelfile.encode(*layers, "relu"))
     data = (tmp_path / "model.npz").read_bytes()
     (tmp_path / "model.npz").write_bytes(data[: len(data) // 2])
     with pytest.raises(PipelineError, match=r"model\.npz: not a readable model file"):
@@ -49,8 +49,19 @@ def test_object_arrays_are_refused(tmp_path, layers):
 def test_layers_that_do_not_chain(tmp_path, layers):
     weights, biases = layers
     weights[1] = np.zeros((15, 8), np.float32)
-    modelfile.save(tmp_path / "model.npz", weights, biases, "relu")
+    (tmp_path / "model.npz").write_bytes(modelfile.encode(weights, biases, "relu"))
     with pytest.raises(PipelineError, match=r"layer 1 shapes W\(15, 8\) b\(8,\) do not chain"):
+        modelfile.load(tmp_path / "model.npz")
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("where", ["W", "b"])
+def test_parameters_that_are_not_finite(tmp_path, layers, bad, where):
+    weights, biases = layers
+    (weights if where == "W" else biases)[2][0] = bad
+    (tmp_path / "model.npz").write_bytes(modelfile.encode(weights, biases, "relu"))
+    with pytest.raises(PipelineError, match=r"model\.npz: layer 2 holds NaN or infinite numbers, "
+                                            "expected finite ones"):
         modelfile.load(tmp_path / "model.npz")
 
 
@@ -76,6 +87,6 @@ def test_missing_bias_and_unknown_activation(tmp_path, layers):
     np.savez(tmp_path / "a.npz", activation=np.array("relu"), W0=layers[0][0])
     with pytest.raises(PipelineError, match=r"a\.npz: model file lacks b0"):
         modelfile.load(tmp_path / "a.npz")
-    modelfile.save(tmp_path / "b.npz", *layers, "swish")
+    (tmp_path / "b.npz").write_bytes(modelfile.encode(*layers, "swish"))
     with pytest.raises(PipelineError, match=r"b\.npz: unknown activation 'swish'"):
         modelfile.load(tmp_path / "b.npz")

@@ -132,7 +132,7 @@ def write_evaluated_project(repo: Path, env: dict[str, str]) -> None:
         save_npy(repo / "data" / f"y_{split}.npy",
                  np.eye(10, dtype=np.float32)[rng.integers(0, 10, rows)])
     weights, biases = network.init_layers([784, 10, 10], rng)
-    modelfile.save(repo / "model.npz", weights, biases, "relu")
+    (repo / "model.npz").write_bytes(modelfile.encode(weights, biases, "relu"))
     run([sys.executable, "-m", "stages.evaluate", "--data", "data", "--model", "model.npz",
          "--out", "metrics"], repo, env)
     (repo / "metrics" / "history.csv").write_text(

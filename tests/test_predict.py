@@ -72,7 +72,8 @@ def template_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.n
     rows = dataset.normalise(digits)
     weights = (rows / np.linalg.norm(rows, axis=1, keepdims=True)).T * np.float32(20)
     path = tmp_path_factory.mktemp("model") / "templates.npz"
-    modelfile.save(path, [weights.astype(np.float32)], [np.zeros(10, np.float32)], "relu")
+    biases = [np.zeros(10, np.float32)]
+    path.write_bytes(modelfile.encode([weights.astype(np.float32)], biases, "relu"))
     return path, digits
 
 
@@ -168,10 +169,23 @@ def test_a_bad_model_is_one_line_and_exit_1(tmp_path: Path, template_model) -> N
     assert result.stderr == f"error: {tmp_path / 'none.npz'}: not found (run the earlier " \
                             f"stages first)\n"
     wrong = tmp_path / "wrong.npz"
-    modelfile.save(wrong, [np.zeros((100, 10), np.float32)], [np.zeros(10, np.float32)], "relu")
+    biases = [np.zeros(10, np.float32)]
+    wrong.write_bytes(modelfile.encode([np.zeros((100, 10), np.float32)], biases, "relu"))
     result = predict("--model", wrong, image)
     assert (result.returncode, result.stdout) == (1, "")
     assert result.stderr == f"error: {wrong}: maps 100 inputs to 10 classes, expected 784 and 10\n"
+    nan = np.zeros((784, 10), np.float32)
+    nan[3, 4] = np.nan
+    wrong.write_bytes(modelfile.encode([nan], biases, "relu"))
+    result = predict("--model", wrong, image)
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == f"error: {wrong}: layer 0 holds NaN or infinite numbers, expected " \
+                            f"finite ones\n"
+    # Finite weights whose products overflow float32.
+    wrong.write_bytes(modelfile.encode([np.full((784, 10), 1e37, np.float32)], biases, "relu"))
+    result = predict("--model", wrong, image)
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == f"error: {wrong}: gives non-finite outputs for {image}\n"
 
 
 def test_the_default_model_is_models_model_npz(tmp_path: Path, template_model) -> None:

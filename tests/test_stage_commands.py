@@ -58,11 +58,11 @@ def evaluate(project: Path, model: str = "model.npz") -> subprocess.CompletedPro
     return run_stage(project, "evaluate", "--data", "data", "--model", model, "--out", "results")
 
 
-def save_model(project: Path, sizes: list[int], nan_weight: bool = False) -> None:
+def save_model(project: Path, sizes: list[int], first_weight: float | None = None) -> None:
     weights, biases = network.init_layers(sizes, np.random.default_rng(0))
-    if nan_weight:
-        weights[-1][0, 0] = np.nan
-    modelfile.save(project / "model.npz", weights, biases, "relu")
+    if first_weight is not None:
+        weights[0][...] = first_weight
+    (project / "model.npz").write_bytes(modelfile.encode(weights, biases, "relu"))
 
 
 def test_train_with_a_bad_learning_rate(project):
@@ -130,7 +130,15 @@ def test_evaluate_refuses_more_samples_than_test_images(project):
 
 
 def test_evaluate_refuses_a_model_with_nan_weights(project):
-    save_model(project, [784, 10, 10], nan_weight=True)
+    save_model(project, [784, 10, 10], first_weight=np.nan)
+    set_param(project, "evaluate", "samples", 3)
+    assert_one_line_error(evaluate(project),
+                          "model.npz: layer 0 holds NaN or infinite numbers, expected finite ones")
+    assert not (project / "results").exists()
+
+
+def test_evaluate_refuses_a_model_whose_outputs_overflow(project):
+    save_model(project, [784, 10, 10], first_weight=1e37)
     set_param(project, "evaluate", "samples", 3)
     assert_one_line_error(evaluate(project), "model.npz: gives non-finite outputs on the test set")
     assert not (project / "results").exists()
