@@ -6,6 +6,7 @@ PyYAML follows YAML 1.1, which reads `1e-3` or `1e-05` (no dot) as a string, and
 
 import dataclasses
 import difflib
+import io
 import math
 import typing
 from dataclasses import dataclass
@@ -147,8 +148,8 @@ def load_params(path: Path = PARAMS_FILE) -> Params:
     except UnicodeDecodeError as err:
         raise PipelineError(f"{path}: cannot read: not UTF-8 text ({err.reason})") from err
     try:
-        _refuse_repeated_keys(yaml.compose(text, Loader=yaml.SafeLoader), str(path))
-        raw = yaml.safe_load(text)
+        _refuse_repeated_keys(yaml.compose(_named(text, path), Loader=yaml.SafeLoader), str(path))
+        raw = yaml.safe_load(_named(text, path))
     except yaml.YAMLError as err:
         raise PipelineError(f"{path}: invalid YAML: {' '.join(str(err).split())}") from err
     params = _build(Params, raw, str(path), "")
@@ -159,6 +160,13 @@ def load_params(path: Path = PARAMS_FILE) -> Params:
         raise PipelineError(f"{path}: train.lr_min: must be at most train.lr ({train.lr}), "
                             f"got {train.lr_min}")
     return params
+
+
+def _named(text: str, path: Path) -> io.StringIO:
+    """text as a stream that YAML's own messages name as the file."""
+    stream = io.StringIO(text)
+    stream.name = str(path)
+    return stream
 
 
 def _refuse_repeated_keys(node: yaml.Node | None, path: str, prefix: str = "",
@@ -173,13 +181,14 @@ def _refuse_repeated_keys(node: yaml.Node | None, path: str, prefix: str = "",
         return
     seen = set()
     for key, value in node.value:
-        # Keys pulled in by a `<<:` merge may legitimately be overridden.
-        if key.tag == "tag:yaml.org,2002:merge":
+        # Keys pulled in by a `<<:` merge may legitimately be overridden; a key that is not a
+        # plain value is left to the loader, which refuses it.
+        if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
             continue
-        if key.value in seen:
+        if (key.tag, key.value) in seen:
             raise PipelineError(f"{path}: key {prefix}{key.value} given twice (again on line "
                                 f"{key.start_mark.line + 1})")
-        seen.add(key.value)
+        seen.add((key.tag, key.value))
         _refuse_repeated_keys(value, path, f"{prefix}{key.value}.", (*outer, node))
 
 

@@ -149,8 +149,12 @@ def test_merge_keys_work_and_may_be_overridden(tmp_path):
 
 
 def test_invalid_yaml_and_missing_file(tmp_path):
-    with pytest.raises(PipelineError, match="invalid YAML"):
-        load_params(write(tmp_path, "train: [unclosed\n"))
+    path = write(tmp_path, "train: [unclosed\n")
+    with pytest.raises(PipelineError, match="invalid YAML") as err:
+        load_params(path)
+    assert f'in "{path}", line 2' in str(err.value)
+    with pytest.raises(PipelineError, match=rf'invalid YAML: .* found unhashable key in "{path}"'):
+        load_params(write(tmp_path, "{[train]: 1}\n"))
     with pytest.raises(PipelineError, match=r"nowhere\.yaml: not found"):
         load_params(tmp_path / "nowhere.yaml")
 
