@@ -20,7 +20,9 @@ CHECK_ROWS = 1_000  # compact_pixels checks this many rows at a time: ~10 MB of 
 @dataclass
 class Buffers:
     """Every array a step writes, allocated once for a full batch; shorter batches use the
-    leading rows. The step then allocates nothing bigger than a row or a column."""
+    leading rows. Beyond these a step makes small temporaries only (a row, a column, a
+    product too small for blas.matmul_tn's BLAS path), except a batch-sized one each for
+    leaky_relu and shift, and plain SGD's weight-sized products where NumPy has no OpenBLAS."""
 
     codes: np.ndarray  # the batch's uint8 pixel codes, when gathered from those
     x: np.ndarray

@@ -65,7 +65,13 @@ def test_keep_zero_ignores_what_out_held():
 
 
 @pytest.mark.parametrize("layout", ["float64", "strided", "small", "read-only", "overlapping"])
-def test_other_layouts_take_the_numpy_path_to_the_same_sum(layout):
+def test_other_layouts_take_the_numpy_path_to_the_same_sum(monkeypatch, layout):
+    def refuse(*_):
+        raise AssertionError("went through BLAS")
+
+    monkeypatch.setattr(blas, "SGEMM", refuse)
+    with pytest.raises(AssertionError, match="went through BLAS"):  # as the usual layout does
+        blas.matmul_tn(*operands(), 0.5)
     a, b, out = operands(m=(10 if layout == "small" else 300))
     if layout == "float64":
         a, b, out = a.astype(np.float64), b.astype(np.float64), out.astype(np.float64)

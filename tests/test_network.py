@@ -55,13 +55,18 @@ def numeric_gradient(params, sizes, x, targets, activation, l2, masks, eps=1e-6)
     return numeric
 
 
-@pytest.mark.parametrize("activation", ACTIVATIONS)
-@pytest.mark.parametrize("sizes", [[4, 3], [6, 5, 3], [7, 6, 5, 4]])
-@pytest.mark.parametrize(("l2", "dropout"), [(0.0, False), (0.3, False), (0.0, True),
-                                             (0.1, True)])
-def test_gradients_match_central_finite_differences(activation, sizes, l2, dropout):
+# Softmax regression ([4, 3]) has no hidden layer, so neither an activation nor dropout.
+GRADIENT_CASES = [([4, 3], "relu", l2, False) for l2 in (0.0, 0.3)] + [
+    (sizes, activation, l2, dropout) for sizes in ([6, 5, 3], [7, 6, 5, 4])
+    for activation in ACTIVATIONS
+    for l2, dropout in ((0.0, False), (0.3, False), (0.0, True), (0.1, True))]
+
+
+@pytest.mark.parametrize(("sizes", "activation", "l2", "dropout"), GRADIENT_CASES)
+def test_gradients_match_central_finite_differences(sizes, activation, l2, dropout):
     params, x, targets = tiny_problem(sizes)
     masks = dropout_masks(sizes, len(x), seed=2) if dropout else None
+    assert not dropout or any((mask == 0).any() for mask in masks)  # some units really dropped
     args = (params, sizes, x, targets, activation, l2, masks)
     grad, numeric = analytic_gradient(*args), numeric_gradient(*args)
     scale = np.abs(numeric).max()

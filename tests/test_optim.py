@@ -32,8 +32,12 @@ def test_adam_first_step_moves_each_weight_by_lr_against_its_gradient_sign():
     np.testing.assert_allclose(run("adam", [[2.0, -0.5]], lr=0.01), [0.99, 2.01], rtol=1e-7)
 
 
-def test_adam_matches_the_textbook_algorithm_over_several_steps():
-    grads = [[2.0, -0.5], [1.0, 1.0], [-3.0, 0.25], [0.5, 0.0]]
+@pytest.mark.parametrize("grads", [
+    [[2.0, -0.5], [1.0, 1.0], [-3.0, 0.25], [0.5, 0.0]],
+    # Gradients the size of eps, where eps goes changes the step several-fold.
+    [[1e-8, -2e-8], [3e-8, 1e-8], [-1e-8, 5e-9]],
+])
+def test_adam_matches_the_textbook_algorithm_over_several_steps(grads):
     lr, b1, b2, eps = 0.01, 0.9, 0.999, 1e-8
     want, m, v = np.array([1.0, 2.0]), np.zeros(2), np.zeros(2)
     for t, g in enumerate(map(np.array, grads), start=1):

@@ -92,6 +92,27 @@ def test_train_then_evaluate_on_tiny_data(project):
     assert len(lines) == 7
 
 
+@pytest.mark.parametrize("patience", [0, 4])
+def test_train_reports_the_val_scores_of_the_weights_it_keeps(project, patience):
+    # Tiny random data: val accuracy peaks early and wanders, so the best epoch is neither
+    # the first nor the last, and early stopping has something to cut.
+    set_param(project, "train", "epochs", 12)
+    set_param(project, "train", "batch_size", 4)
+    set_param(project, "train", "patience", patience)
+    assert run_stage(project, "train", *TRAIN_ARGS).returncode == 0
+    lines = (project / "out" / "history.csv").read_text().splitlines()
+    rows = [dict(zip(lines[0].split(","), map(float, line.split(",")), strict=True))
+            for line in lines[1:]]
+    best = max(rows, key=lambda row: row["val_acc"])  # the first of equals
+    assert best is not rows[-1]
+    kept = best if patience else rows[-1]
+    report = json.loads((project / "out" / "train.json").read_text())
+    assert report == {"epochs": len(rows), "best_val_epoch": int(best["epoch"]),
+                      "val": {"loss": pytest.approx(kept["val_loss"], abs=1e-6),
+                              "accuracy": pytest.approx(kept["val_acc"], abs=1e-6)}}
+    assert len(rows) == (int(best["epoch"]) + patience if patience else 12)
+
+
 def test_evaluate_with_a_model_for_other_data(project):
     save_model(project, [100, 10, 10])
     assert_one_line_error(evaluate(project),

@@ -206,6 +206,34 @@ def test_dropout_and_shift_change_training_but_stay_deterministic():
         assert once.tobytes() != plain.tobytes()
 
 
+def test_dropout_and_shift_draw_from_their_own_stream_not_the_batch_order(monkeypatch):
+    orders = []
+    real_gather = training.gather
+
+    def recording_gather(x, y, rows, buffers):
+        orders[-1].append(rows.copy())
+        return real_gather(x, y, rows, buffers)
+
+    monkeypatch.setattr(training, "gather", recording_gather)
+    x = np.random.default_rng(0).random((100, 784), np.float32)  # 28x28 images, for shift
+    y = np.eye(10, dtype=np.float32)[np.arange(100) % 10]
+    for change in ({}, {"dropout": 0.5}, {"shift": 2}):
+        orders.append([])
+        fit([784, 16, 10], config(epochs=2, batch_size=32, **change), (x, y), (x, y))
+    assert len(orders[0]) == 8  # 4 batches an epoch
+    for other in orders[1:]:
+        assert all(np.array_equal(a, b) for a, b in zip(orders[0], other, strict=True))
+
+
+def test_the_training_curve_scores_training_rows():
+    x, y = separable_set(n=200)
+    noisy_val = (x + np.random.default_rng(5).normal(0, 2.0, x.shape).astype(np.float32), y)
+    params, history = fit([8, 6, 4], config(epochs=3, batch_size=16), (x, y), noisy_val)
+    train_loss, train_acc = training.scores(params, [8, 6, 4], "relu", (x, y))
+    assert (history[-1]["train_loss"], history[-1]["train_acc"]) == (train_loss, train_acc)
+    assert history[-1]["val_loss"] != train_loss
+
+
 def test_same_seed_same_weights_other_seed_other_weights():
     cfg = config(epochs=2, batch_size=16)
     assert fit([8, 6, 4], cfg, seed=0)[0].tobytes() == fit([8, 6, 4], cfg, seed=0)[0].tobytes()
@@ -217,6 +245,25 @@ def test_history_records_the_scheduled_learning_rate():
     cfg = config(epochs=4, batch_size=50, lr_schedule="linear", lr_min=0.0)
     _, history = fit([8, 6, 4], cfg)
     assert [row["lr"] for row in history] == pytest.approx([0.08125, 0.05625, 0.03125, 0.00625])
+
+
+def test_every_step_gets_the_rate_of_its_epoch_after_a_warmup_epoch(monkeypatch):
+    rates = []
+    real_step = training.sgd_step
+
+    def recording_step(*args):
+        rates.append(args[-2])  # sgd_step(..., lr, weight_decay)
+        real_step(*args)
+
+    monkeypatch.setattr(training, "sgd_step", recording_step)
+    # 200 rows in batches of 50: 4 steps an epoch. The first epoch ramps up to 0.1, then the
+    # rate halves every 2 epochs, counted from the first.
+    cfg = config(epochs=5, batch_size=50, lr_schedule="step", lr_step_epochs=2,
+                 lr_step_factor=0.5, lr_warmup_epochs=1)
+    _, history = fit([8, 6, 4], cfg)
+    assert rates == pytest.approx([0.025, 0.05, 0.075, 0.1] + [0.1] * 4 + [0.05] * 8
+                                  + [0.025] * 4)
+    assert [row["lr"] for row in history] == pytest.approx([0.1, 0.1, 0.05, 0.05, 0.025])
 
 
 def test_early_stopping_keeps_the_best_epochs_weights():
