@@ -15,8 +15,9 @@ PIPELINE = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 
 
 def imported_modules(module: str) -> set[str]:
-    """`module` and every stages.* module it imports, transitively."""
-    seen, todo = set(), [module]
+    """`module`, the package's __init__ (which `python -m stages.x` runs first) and every
+    stages.* module they import, transitively."""
+    seen, todo = set(), [module, "__init__"]
     while todo:
         name = todo.pop()
         if name in seen:
@@ -28,6 +29,9 @@ def imported_modules(module: str) -> set[str]:
                 todo += [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("stages."):
                 todo.append(node.module.split(".")[1])
+            elif isinstance(node, ast.Import):
+                todo += [alias.name.split(".")[1] for alias in node.names
+                         if alias.name.startswith("stages.")]
     return seen
 
 
