@@ -1,3 +1,4 @@
+import os
 import socket
 
 import pytest
@@ -20,3 +21,14 @@ def loopback_only(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     monkeypatch.setattr(socket, "getaddrinfo", guarded)
     return looked_up
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """With NO_SKIPS set, as CI sets it, a skipped test fails the run: CI has chromium, a
+    tmpfs, NumPy's OpenBLAS and the trained model, so a skip there is a test that silently
+    stopped testing."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = reporter.stats.get("skipped", []) if reporter else []
+    if os.environ.get("NO_SKIPS") and skipped:
+        reporter.write_line(f"NO_SKIPS is set and {len(skipped)} test(s) skipped", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
