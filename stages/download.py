@@ -18,6 +18,10 @@ CHUNK = 1 << 16
 class _SafeRedirects(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, req, fp, code, msg, headers, newurl):
         check_url(newurl)
+        # Plain HTTP is allowed only to this machine, and only where the download began so:
+        # an HTTPS mirror must not send requests to local services.
+        if urlsplit(req.full_url).scheme == "https" and urlsplit(newurl).scheme != "https":
+            raise PipelineError(f"{req.full_url}: refused a redirect to plain {newurl}")
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
@@ -30,18 +34,21 @@ def download(
     *,
     max_bytes: int,
     timeout: float = 30.0,
+    deadline: float = 600.0,
     attempts: int = 4,
     backoff: float = 1.0,
 ) -> None:
     """Fetch `url` into `dest`, resuming a partial `dest` with a Range request when the
-    server allows it and restarting from zero when it does not."""
+    server allows it and restarting from zero when it does not. `timeout` bounds each wait
+    for the server, `deadline` each attempt's body: a server that trickles a byte at a time
+    never trips the first."""
     check_url(url)
     last_error = ""
     for attempt in range(attempts):
         if attempt:
             time.sleep(backoff * 2 ** (attempt - 1))
         try:
-            _transfer(url, dest, max_bytes, timeout)
+            _transfer(url, dest, max_bytes, timeout, deadline)
             return
         except _RetryableError as err:
             last_error = str(err)
@@ -52,7 +59,8 @@ class _RetryableError(Exception):
     pass
 
 
-def _transfer(url: str, dest: Path, max_bytes: int, timeout: float) -> None:
+def _transfer(url: str, dest: Path, max_bytes: int, timeout: float, deadline: float) -> None:
+    ends = time.monotonic() + deadline
     have = dest.stat().st_size if dest.exists() else 0
     request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
     try:
@@ -67,6 +75,8 @@ def _transfer(url: str, dest: Path, max_bytes: int, timeout: float) -> None:
     except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
         reason = getattr(err, "reason", err)
         raise _RetryableError(f"cannot connect: {reason}") from err
+    except ValueError as err:  # a header urllib cannot parse, such as a malformed Location
+        raise PipelineError(f"{url}: malformed response: {err}") from err
     with response:
         start = _range_start(response) if response.status == 206 else 0
         if start not in (0, have):
@@ -81,19 +91,24 @@ def _transfer(url: str, dest: Path, max_bytes: int, timeout: float) -> None:
         progress = Bar(label, total or 0, show=lambda n: f"{n / 1e6:.1f} MB")
         try:
             with open(dest, mode) as out:
-                while chunk := response.read(CHUNK):
+                # read1 returns what has arrived, so the deadline is checked however slowly
+                # the bytes come.
+                while chunk := response.read1(CHUNK):
                     done += len(chunk)
                     if done > max_bytes:
                         raise PipelineError(f"{url}: response exceeds the {max_bytes}-byte limit")
+                    if time.monotonic() > ends:
+                        raise PipelineError(f"{url}: still downloading after {deadline:g} s "
+                                            f"({done} bytes so far)")
                     out.write(chunk)
                     progress.update(done)
         except (OSError, http.client.HTTPException) as err:
             raise _RetryableError(f"interrupted after {done} bytes: {err}") from err
         finally:
             progress.close()
-            print(f"  {label}: {done} bytes", file=sys.stderr)
     if total is not None and done != total:
         raise _RetryableError(f"connection closed after {done} of {total} bytes")
+    print(f"  {label}: {done} bytes", file=sys.stderr)
 
 
 def _range_start(response) -> int:
@@ -107,4 +122,5 @@ def _range_start(response) -> int:
 
 def _total_size(response, already: int) -> int | None:
     length = response.headers.get("Content-Length")
-    return already + int(length) if length and length.isdigit() else None
+    # isdigit() alone takes "²" too, which int() refuses.
+    return already + int(length) if length and length.isascii() and length.isdigit() else None

@@ -9,6 +9,7 @@ import errno
 import glob
 import io
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -166,9 +167,25 @@ ZIP_MAGIC = b"PK\x03\x04"
 def load_npy(path: Path) -> np.ndarray:
     check_magic(path, NPY_MAGIC, ".npy")
     try:
+        _check_length(path)
         return np.load(path, allow_pickle=False)
     except (ValueError, EOFError, OSError) as err:
         raise PipelineError(f"{path}: not a readable .npy file: {err}") from err
+
+
+def _check_length(path: Path) -> None:
+    """Refuse a file shorter than its header says: np.load would first allocate what the
+    header promises, and a damaged header can promise any size."""
+    with open(path, "rb") as handle:
+        version = np.lib.format.read_magic(handle)
+        read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                       (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+        if read_header is None:
+            raise ValueError(f".npy format version {version}, expected 1.0 or 2.0")
+        shape, _, dtype = read_header(handle)
+        promised = handle.tell() + math.prod(shape) * dtype.itemsize
+    if (size := path.stat().st_size) < promised:
+        raise ValueError(f"the header promises {promised} bytes, the file holds {size}")
 
 
 def check_magic(path: Path, magic: bytes, kind: str) -> None:

@@ -20,7 +20,7 @@ CSV_NAME = "train.csv"
 SIDE = 28
 COLUMNS = ["label", *(f"pixel{i}" for i in range(SIDE * SIDE))]
 MAX_CSV_BYTES = 512 << 20  # Kaggle's train.csv is 76 MB
-WHOLE_NUMBER = re.compile(r"\s*[+-]?\d+\s*")
+WHOLE_NUMBER = re.compile(r"\s*[+-]?[0-9]+\s*")  # not \d, which takes any script's digits
 RAGGED_LINE = re.compile(r"Expected (\d+) fields in line (\d+), saw (\d+)")  # pandas' words
 
 
@@ -52,9 +52,9 @@ def read_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise PipelineError(f"{path}: cannot read: {err}") from err
     if table.empty:
         raise PipelineError(f"{path}: holds no digits, only a header")
-    for column, dtype in table.dtypes.items():
-        if not pd.api.types.is_integer_dtype(dtype):
-            table[column] = _whole_numbers(path, str(column))
+    if text := [str(column) for column, dtype in table.dtypes.items()
+                if not pd.api.types.is_integer_dtype(dtype)]:
+        table[text] = _whole_numbers(path, text)
     values = table.to_numpy()
     highest = np.array([_highest(column) for column in COLUMNS])
     bad = np.argwhere((values < 0) | (values > highest))
@@ -112,18 +112,19 @@ def _highest(column: str) -> int:
     return 9 if column == "label" else 255
 
 
-def _whole_numbers(path: Path, column: str) -> np.ndarray:
-    """A column pandas could not read as integers, read again as text and checked cell by
-    cell: the error names the first that is empty (or on a short line), not a whole number,
-    or out of range."""
-    cells = pd.read_csv(path, header=0, names=COLUMNS, index_col=False, usecols=[column],
-                        dtype=str, keep_default_na=False, skip_blank_lines=False)[column]
-    for row, cell in enumerate(cells):
-        where = f"{path}: line {row + 2}, column {column}"
-        if not cell.strip():
-            raise PipelineError(f"{where}: empty")
-        if not WHOLE_NUMBER.fullmatch(cell):
-            raise PipelineError(f"{where}: {cell!r} is not a whole number")
-        if not 0 <= int(cell) <= _highest(column):
-            raise PipelineError(f"{where}: {cell.strip()} is outside 0-{_highest(column)}")
-    return cells.astype(np.int64).to_numpy()
+def _whole_numbers(path: Path, columns: list[str]) -> pd.DataFrame:
+    """The columns pandas could not read as integers, read again as text in one pass and
+    checked cell by cell, column by column: the error names the first cell that is empty (or
+    on a short line), not a whole number, or out of range."""
+    table = pd.read_csv(path, header=0, names=COLUMNS, index_col=False, usecols=columns,
+                        dtype=str, keep_default_na=False, skip_blank_lines=False)
+    for column in columns:
+        for row, cell in enumerate(table[column]):
+            where = f"{path}: line {row + 2}, column {column}"
+            if not cell.strip():
+                raise PipelineError(f"{where}: empty")
+            if not WHOLE_NUMBER.fullmatch(cell):
+                raise PipelineError(f"{where}: {cell!r} is not a whole number")
+            if not 0 <= int(cell) <= _highest(column):
+                raise PipelineError(f"{where}: {cell.strip()} is outside 0-{_highest(column)}")
+    return table[columns].astype(np.int64)

