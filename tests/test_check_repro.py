@@ -3,12 +3,12 @@ scratch repository holding a committed and a reproduced state."""
 
 import hashlib
 import json
-import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import yaml
+from test_pipeline import Repo, isolated_env
 from test_reproducible import load_check_repro
 
 MACHINE = {"cpu": "Test CPU", "numpy": "1.0", "simd": "none", "blas": "test", "blas threads": "2"}
@@ -42,16 +42,15 @@ def write_state(root: Path, accuracy: float, dvc_lock: dict, record: str | None 
         (root / ".ci/machine.txt").write_text(record)
 
 
-def commit(*paths: str) -> None:
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
-    subprocess.run([*git, "add", *paths], check=True)
-    subprocess.run([*git, "commit", "-q", "-m", "state"], check=True)
+def commit(repo: Repo, *paths: str) -> None:
+    repo.git("add", *paths)
+    repo.git("commit", "-q", "-m", "state")
 
 
 @pytest.fixture
 def check(tmp_path, monkeypatch):
-    """(check_repro, repo): a repository committed with accuracy 0.9452, and the module
-    pointed at it, its raw files and a fixed machine."""
+    """(check_repro, repo): a git repository, the working directory, committed with accuracy
+    0.9452, and the module pointed at it, its raw files and a fixed machine."""
     check_repro = load_check_repro()
     monkeypatch.setattr(check_repro, "OFFICIAL",
                         {name: SimpleNamespace(md5=md5(data)) for name, data in RAW.items()})
@@ -61,9 +60,10 @@ def check(tmp_path, monkeypatch):
     for name, data in RAW.items():
         (tmp_path / "data/raw" / name).write_bytes(data)
     write_state(tmp_path, 0.9452, lock())
-    subprocess.run(["git", "init", "-q"], check=True)
-    commit("metrics", "dvc.lock")
-    return check_repro, tmp_path
+    repo = Repo(tmp_path, isolated_env(tmp_path / "scratch"))
+    repo.git("init", "-q")
+    commit(repo, "metrics", "dvc.lock")
+    return check_repro, repo
 
 
 def verdict(check_repro, capsys) -> tuple[int, list[str]]:
@@ -79,8 +79,8 @@ def test_a_faithful_reproduction_passes(check, capsys):
 
 def test_accuracy_below_the_bar_fails_even_when_committed(check, capsys):
     check_repro, repo = check
-    write_state(repo, 0.9299, lock())
-    commit("metrics")
+    write_state(repo.path, 0.9299, lock())
+    commit(repo, "metrics")
     status, failures = verdict(check_repro, capsys)
     assert status == 1
     assert failures == ["FAIL: test accuracy 0.9299 is below the bar 0.93"]
@@ -88,9 +88,9 @@ def test_accuracy_below_the_bar_fails_even_when_committed(check, capsys):
 
 def test_elsewhere_accuracy_must_stay_within_the_tolerance(check, capsys):
     check_repro, repo = check
-    write_state(repo, 0.9452 - 0.0015, lock(model="other"))  # another machine's model
+    write_state(repo.path, 0.9452 - 0.0015, lock(model="other"))  # another machine's model
     assert verdict(check_repro, capsys) == (0, [])
-    write_state(repo, 0.9452 - 0.0025, lock(model="other"))
+    write_state(repo.path, 0.9452 - 0.0025, lock(model="other"))
     status, failures = verdict(check_repro, capsys)
     assert status == 1
     assert failures == ["FAIL: test accuracy 0.9427 differs from the committed 0.9452 by "
@@ -99,7 +99,7 @@ def test_elsewhere_accuracy_must_stay_within_the_tolerance(check, capsys):
 
 def test_a_stale_lock_or_other_data_fails(check, capsys):
     check_repro, repo = check
-    write_state(repo, 0.9452, lock(code="new", prepared="other"))
+    write_state(repo.path, 0.9452, lock(code="new", prepared="other"))
     status, failures = verdict(check_repro, capsys)
     assert status == 1
     assert failures == [
@@ -110,7 +110,7 @@ def test_a_stale_lock_or_other_data_fails(check, capsys):
 
 def test_raw_files_must_match_the_published_md5s(check, capsys):
     check_repro, repo = check
-    (repo / "data/raw/labels").write_bytes(b"tampered")
+    (repo.path / "data/raw/labels").write_bytes(b"tampered")
     status, failures = verdict(check_repro, capsys)
     assert status == 1
     assert failures == [f"FAIL: data/raw/labels: MD5 {md5(b'tampered')}, published "
@@ -119,11 +119,11 @@ def test_raw_files_must_match_the_published_md5s(check, capsys):
 
 def test_on_the_recorded_machine_outputs_must_match_byte_for_byte(check, capsys):
     check_repro, repo = check
-    write_state(repo, 0.9452, lock(), record=check_repro.machine_record(MACHINE, "0de1"))
-    commit(".ci")
+    write_state(repo.path, 0.9452, lock(), record=check_repro.machine_record(MACHINE, "0de1"))
+    commit(repo, ".ci")
     assert verdict(check_repro, capsys) == (0, [])
     # Within the tolerance, but not the same bits: on this machine that is a failure.
-    write_state(repo, 0.9451, lock(model="other"))
+    write_state(repo.path, 0.9451, lock(model="other"))
     status, failures = verdict(check_repro, capsys)
     assert status == 1
     assert failures == [
