@@ -94,7 +94,7 @@ def _arrays(obj: object) -> object:
         return type(obj)(_arrays(item) for item in obj)
     if isinstance(obj, dict):
         return {key: _arrays(value) for key, value in obj.items()}
-    if isinstance(obj, _Dtype | _Ndarray) or obj is _Ndarray:
+    if isinstance(obj, _Dtype) or obj is _Ndarray:
         raise pickle.UnpicklingError("a dtype or array class outside an array")
     return obj
 
