@@ -26,14 +26,8 @@ def samples_table(samples: list[dict]) -> str:
 def model_logits(model: tuple[list[np.ndarray], list[np.ndarray], str], path: Path,
                  x: np.ndarray, y: np.ndarray, split: str) -> np.ndarray:
     """The model's logits for one split, refusing a model that does not fit the data."""
-    weights, biases, activation = model
-    modelfile.check_fits(path, weights, x.shape[1], y.shape[1], "data has")
-    # Overflow shows as inf or NaN in the logits, which the check below reports in one line.
-    with np.errstate(over="ignore", invalid="ignore"):
-        logits = network.logits_in_chunks(weights, biases, x, activation)
-    if not np.isfinite(logits).all():
-        raise PipelineError(f"{path}: gives non-finite outputs on the {split} set")
-    return logits
+    modelfile.check_fits(path, model[0], x.shape[1], y.shape[1], "data has")
+    return modelfile.finite_logits(path, model, x, f"on the {split} set")
 
 
 def scores(logits: np.ndarray, y: np.ndarray) -> dict:

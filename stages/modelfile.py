@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
+from stages import network
 from stages.errors import PipelineError
 from stages.files import ZIP_MAGIC, check_magic, npz_bytes
-from stages.network import ACTIVATIONS
 
 
 def encode(weights: list[np.ndarray], biases: list[np.ndarray], activation: str) -> bytes:
@@ -44,7 +44,7 @@ def load(path: Path) -> tuple[list[np.ndarray], list[np.ndarray], str]:
         biases = [arrays.pop(f"b{i}") for i in range(layers)]
     except KeyError as err:
         raise PipelineError(f"{path}: model file lacks {err.args[0]}") from err
-    if activation not in ACTIVATIONS:
+    if activation not in network.ACTIVATIONS:
         raise PipelineError(f"{path}: unknown activation {activation!r}")
     for i, (w, b) in enumerate(zip(weights, biases, strict=True)):
         if not all(isinstance(a, np.ndarray) and a.dtype == np.float32 for a in (w, b)):
@@ -58,3 +58,16 @@ def load(path: Path) -> tuple[list[np.ndarray], list[np.ndarray], str]:
     if not layers or arrays:
         raise PipelineError(f"{path}: unexpected contents {sorted(arrays) or 'no layers'}")
     return weights, biases, activation
+
+
+def finite_logits(path: Path, model: tuple[list[np.ndarray], list[np.ndarray], str],
+                  x: np.ndarray, where: str) -> np.ndarray:
+    """The logits of the model at `path` for x, refusing a model whose outputs overflow;
+    `where` says on what, for the message."""
+    weights, biases, activation = model
+    # Overflow shows as inf or NaN in the logits, which the check below reports in one line.
+    with np.errstate(over="ignore", invalid="ignore"):
+        logits = network.logits_in_chunks(weights, biases, x, activation)
+    if not np.isfinite(logits).all():
+        raise PipelineError(f"{path}: gives non-finite outputs {where}")
+    return logits

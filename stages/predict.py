@@ -39,8 +39,8 @@ def predict() -> None:
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL,
                         help=f"the trained model (default: {DEFAULT_MODEL})")
     args = parser.parse_args()
-    weights, biases, activation = modelfile.load(args.model)
-    modelfile.check_fits(args.model, weights, PIXELS, CLASSES, "expected")
+    model = modelfile.load(args.model)
+    modelfile.check_fits(args.model, model[0], PIXELS, CLASSES, "expected")
     # Like cat, a bad file is reported and the rest still get their answer; the exit says so.
     failed = False
     for path in args.images:
@@ -50,10 +50,7 @@ def predict() -> None:
             print(f"error: {err}", file=sys.stderr)
             failed = True
             continue
-        with np.errstate(over="ignore", invalid="ignore"):  # reported just below
-            logits = network.logits_in_chunks(weights, biases, row, activation)
-        if not np.isfinite(logits).all():
-            raise PipelineError(f"{args.model}: gives non-finite outputs for {path}")
+        logits = modelfile.finite_logits(args.model, model, row, f"for {path}")
         print(prediction_line(path, network.softmax(logits)[0]))
     if failed:
         sys.exit(1)
