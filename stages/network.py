@@ -151,13 +151,14 @@ def forward(
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """(outputs, slopes) for training: every layer's output, x first and logits last, and every
     hidden layer's da/dz. `masks` are dropout's (0 or 1/keep per unit); `out` holds buffers of
-    at least len(x) rows to write into instead of allocating."""
+    at least len(x) rows to write into instead of allocating. A bias of None adds nothing."""
     _, act_with_slope = ACTIVATIONS[activation]
     outputs, slopes = [x], []
     rows = len(x)
     for layer, (w, b) in enumerate(zip(weights, biases, strict=True)):
         z = np.matmul(outputs[-1], w, out=out[0][layer][:rows] if out else None)
-        z += b
+        if b is not None:
+            z += b
         if layer < len(weights) - 1:
             s = out[1][layer][:rows] if out else np.empty_like(z)
             a = act_with_slope(z, s)

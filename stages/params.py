@@ -61,6 +61,7 @@ class Train:
     shift: int
     patience: int
     seed: int
+    processes: int
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,7 @@ RULES: dict[str, typing.Callable[[Any], str | None]] = {
     "train.shift": lambda v: None if 0 <= v <= 4 else "must be from 0 to 4 pixels",
     "train.patience": _at_least(0),
     "train.seed": _at_least(0),
+    "train.processes": lambda v: None if v in (1, 2) else "must be 1 or 2",
     "evaluate.samples": _at_least(0),
     "evaluate.mistakes": _at_least(0),
 }
@@ -159,6 +161,9 @@ def load_params(path: Path = PARAMS_FILE) -> Params:
     if train.lr_min > train.lr:
         raise PipelineError(f"{path}: train.lr_min: must be at most train.lr ({train.lr}), "
                             f"got {train.lr_min}")
+    if train.processes == 2 and not (len(train.hidden) == 1 and train.hidden[0] >= 2):
+        raise PipelineError(f"{path}: train.processes: 2 needs one hidden layer of at least 2 "
+                            f"units, got train.hidden {train.hidden}")
     return params
 
 

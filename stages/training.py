@@ -1,13 +1,15 @@
 """Mini-batch training: shuffled batches, the gradient step, the learning-rate schedule,
 validation every epoch, early stopping and a divergence guard."""
 
+import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
-from stages import augment, network, optim
+from stages import augment, network, optim, split
 from stages.errors import PipelineError
 from stages.params import Train
 from stages.progress import Bar
@@ -98,26 +100,32 @@ def draw_masks(masks: list[np.ndarray], rows: int, dropout: float,
         mask[:rows] *= 1.0 / keep
 
 
+# combine(part, bias): the logits, from this process's part of them and the output bias (see
+# split); None where one process holds the whole network.
+Combine = Callable[[np.ndarray, np.ndarray], np.ndarray] | None
+
+
 def forward_and_delta(weights: list[np.ndarray], biases: list[np.ndarray], x: np.ndarray,
                       y: np.ndarray, activation: str, buffers: Buffers,
-                      masks: list[np.ndarray] | None, scale: float,
+                      masks: list[np.ndarray] | None, scale: float, combine: Combine = None,
                       ) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
     """The forward pass on the batch (x, y) and the delta of `scale` times its mean
     cross-entropy: (outputs, slopes, delta), all in the buffers."""
-    outputs, slopes = network.forward(weights, biases, x, activation, masks,
-                                      out=(buffers.outputs, buffers.slopes))
-    delta = network.output_delta(outputs[-1], y, out=buffers.deltas[-1][: len(x)], scale=scale)
+    outputs, slopes = network.forward(weights, biases if combine is None else [*biases[:-1], None],
+                                      x, activation, masks, out=(buffers.outputs, buffers.slopes))
+    logits = outputs[-1] if combine is None else combine(outputs[-1], biases[-1])
+    delta = network.output_delta(logits, y, out=buffers.deltas[-1][: len(x)], scale=scale)
     return outputs, slopes, delta
 
 
 def gradient(weights: list[np.ndarray], biases: list[np.ndarray], x: np.ndarray,
              y: np.ndarray, activation: str, buffers: Buffers,
-             masks: list[np.ndarray] | None = None) -> np.ndarray:
+             masks: list[np.ndarray] | None = None, combine: Combine = None) -> np.ndarray:
     """The gradient of the mean cross-entropy on the batch (x, y), in buffers.grad."""
     if buffers.grad is None:
         raise ValueError("gradient() needs buffers made with_gradient")
     outputs, slopes, delta = forward_and_delta(weights, biases, x, y, activation, buffers,
-                                               masks, 1.0)
+                                               masks, 1.0, combine)
     network.backward(weights, outputs, slopes, delta, buffers.grad_w, buffers.grad_b,
                      buffers.deltas, buffers.ones)
     return buffers.grad
@@ -125,12 +133,13 @@ def gradient(weights: list[np.ndarray], biases: list[np.ndarray], x: np.ndarray,
 
 def sgd_step(weights: list[np.ndarray], biases: list[np.ndarray], x: np.ndarray,
              y: np.ndarray, activation: str, buffers: Buffers,
-             masks: list[np.ndarray] | None, lr: float, weight_decay: float) -> None:
+             masks: list[np.ndarray] | None, lr: float, weight_decay: float,
+             combine: Combine = None) -> None:
     """One plain SGD step on the batch (x, y): W <- (1 - lr * weight_decay) * W - lr * dL/dW
     and b <- b - lr * dL/db. The products that compute the gradients add them straight into
     the parameters (see blas), which saves writing a gradient and a pass over every weight."""
     outputs, slopes, delta = forward_and_delta(weights, biases, x, y, activation, buffers,
-                                               masks, -lr)
+                                               masks, -lr, combine)
     network.backward(weights, outputs, slopes, delta, weights, biases, buffers.deltas,
                      buffers.ones, shrink=1.0 - lr * weight_decay)
 
@@ -138,13 +147,15 @@ def sgd_step(weights: list[np.ndarray], biases: list[np.ndarray], x: np.ndarray,
 def run_epoch(
     params: np.ndarray, sizes: list[int], x: np.ndarray, y: np.ndarray, config: Train,
     buffers: Buffers, state: optim.State, lr_at: Callable[[int], float], first_step: int,
-    rngs: tuple[np.random.Generator, np.random.Generator], bar: Bar | None = None,
+    rngs: tuple[np.random.Generator, np.random.Generator, np.random.Generator],
+    bar: Bar | None = None, combine: Combine = None,
 ) -> float:
     """One pass over (x, y) in a fresh random order, updating `params` in place; returns the
     last learning rate used. Step numbers start at `first_step`, for the schedule. x holds
     float32 rows or, from compact_pixels, their uint8 codes (always gathered in a shuffled
-    order, even into one batch of the whole set)."""
-    shuffle_rng, noise_rng = rngs
+    order, even into one batch of the whole set). `rngs` draw the batch order, the shifts and
+    the dropout masks; the last two may be one stream."""
+    shuffle_rng, shift_rng, dropout_rng = rngs
     batch = min(config.batch_size, len(x))
     # One batch covering the set needs no gather: its order changes nothing.
     whole = batch == len(x) and not config.shift and x.dtype != np.uint8
@@ -157,21 +168,46 @@ def run_epoch(
         else:
             xb, yb = gather(x, y, order[start : start + batch], buffers)
         if config.shift:
-            augment.shift(xb, config.shift, noise_rng)
+            augment.shift(xb, config.shift, shift_rng)
         if config.dropout:
-            draw_masks(buffers.masks, len(xb), config.dropout, noise_rng)
+            draw_masks(buffers.masks, len(xb), config.dropout, dropout_rng)
         lr = lr_at(first_step + step)
         if config.optimizer == "sgd":
             sgd_step(weights, biases, xb, yb, config.activation, buffers, buffers.masks, lr,
-                     config.weight_decay)
+                     config.weight_decay, combine)
         else:
-            grad = gradient(weights, biases, xb, yb, config.activation, buffers, buffers.masks)
+            grad = gradient(weights, biases, xb, yb, config.activation, buffers, buffers.masks,
+                            combine)
             if config.weight_decay:
                 network.add_weight_decay(grad, params, sizes, config.weight_decay, buffers.decay)
             optim.OPTIMIZERS[config.optimizer](params, grad, state, lr, config.momentum)
         if bar:
             bar.update(start + len(xb))
     return lr
+
+
+# run(first_step, bar) -> the last learning rate: one epoch, as run_epoch
+EpochRunner = Callable[[int, Bar | None], float]
+
+
+def epoch_runner(config: Train, lr_at: Callable[[int], float], params: np.ndarray,
+                 sizes: list[int], x: np.ndarray, y: np.ndarray,
+                 rngs: tuple[np.random.Generator, np.random.Generator, np.random.Generator],
+                 combine: Combine = None) -> EpochRunner:
+    """Epochs of training `params` in place on (x, y), with buffers and optimiser state kept
+    from one epoch to the next."""
+    buffers = make_buffers(sizes, min(config.batch_size, len(x)), config.dropout,
+                           config.weight_decay, with_gradient=config.optimizer != "sgd")
+    state = optim.init_state(config.optimizer, len(params))
+    return lambda first_step, bar: run_epoch(params, sizes, x, y, config, buffers, state, lr_at,
+                                             first_step, rngs, bar, combine)
+
+
+def learning_rate_at(config: Train, steps_per_epoch: int, step: int) -> float:
+    return optim.learning_rate(config.lr_schedule, config.lr, config.lr_min, step,
+                               steps_per_epoch * config.epochs, step // steps_per_epoch,
+                               config.lr_step_epochs, config.lr_step_factor,
+                               config.lr_warmup_epochs * steps_per_epoch)
 
 
 def scores(params: np.ndarray, sizes: list[int], activation: str,
@@ -193,17 +229,33 @@ def train(
     batch = min(config.batch_size, len(x))
     # Codes pay off where batches are gathered; one batch of the whole set is used as it is.
     pixels = x if batch == len(x) and not config.shift else compact_pixels(x)
-    steps_per_epoch = math.ceil(len(x) / batch)
-    total_steps = steps_per_epoch * config.epochs
+    with runner(params, sizes, pixels, y, config, rngs) as run:
+        return _epochs(run, params, sizes, train_set, val_set, config, log, progress)
 
-    def lr_at(step: int) -> float:
-        return optim.learning_rate(config.lr_schedule, config.lr, config.lr_min, step,
-                                   total_steps, step // steps_per_epoch, config.lr_step_epochs,
-                                   config.lr_step_factor, config.lr_warmup_epochs * steps_per_epoch)
 
-    buffers = make_buffers(sizes, batch, config.dropout, config.weight_decay,
-                           with_gradient=config.optimizer != "sgd")
-    state = optim.init_state(config.optimizer, len(params))
+def runner(params: np.ndarray, sizes: list[int], x: np.ndarray, y: np.ndarray, config: Train,
+           rngs: tuple[np.random.Generator, np.random.Generator],
+           ) -> contextlib.AbstractContextManager[EpochRunner]:
+    """A context giving run(first_step, bar): epochs of training `params` in place on (x, y),
+    in this process alone or (config.processes 2) split with a second one. `rngs` draw the
+    batch order, then shifts and dropout masks."""
+    steps_per_epoch = math.ceil(len(x) / min(config.batch_size, len(x)))
+    # A partial of a module's function, unlike a closure, can go to a second process.
+    make_runner = partial(epoch_runner, config, partial(learning_rate_at, config, steps_per_epoch))
+    if config.processes == 2:
+        return split.two_processes(make_runner, params, sizes, x, y,
+                                   min(config.batch_size, len(x)), rngs)
+    shuffle_rng, noise_rng = rngs
+    return contextlib.nullcontext(make_runner(params, sizes, x, y,
+                                              (shuffle_rng, noise_rng, noise_rng)))
+
+
+def _epochs(run: EpochRunner, params: np.ndarray, sizes: list[int],
+            train_set: tuple[np.ndarray, np.ndarray], val_set: tuple[np.ndarray, np.ndarray],
+            config: Train, log: Callable[[str], None], progress: bool,
+            ) -> list[dict[str, float]]:
+    x, y = train_set
+    steps_per_epoch = math.ceil(len(x) / min(config.batch_size, len(x)))
     train_view = (x[:TRAIN_SCORE_ROWS], y[:TRAIN_SCORE_ROWS])
     best, best_acc, best_epoch = np.empty_like(params), -1.0, 0
     history = []
@@ -211,8 +263,7 @@ def train(
         bar = Bar(f"epoch {epoch}/{config.epochs}", len(x)) if progress else None
         # A diverging run overflows; the finiteness check below reports that in one line.
         with np.errstate(over="ignore", invalid="ignore"):
-            lr = run_epoch(params, sizes, pixels, y, config, buffers, state, lr_at,
-                           (epoch - 1) * steps_per_epoch, rngs, bar)
+            lr = run((epoch - 1) * steps_per_epoch, bar)
             train_loss, train_acc = scores(params, sizes, config.activation, train_view)
             val_loss, val_acc = scores(params, sizes, config.activation, val_set)
         if bar:

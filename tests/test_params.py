@@ -91,6 +91,8 @@ def test_missing_key_is_named(tmp_path):
         ("train", "lr_step_factor", 0, r"train.lr_step_factor: must be in \(0, 1\]"),
         ("train", "shift", 5, "train.shift: must be from 0 to 4 pixels, got int 5"),
         ("train", "patience", -1, "train.patience: must be >= 0"),
+        ("train", "processes", 4, "train.processes: must be 1 or 2, got int 4"),
+        ("train", "processes", True, "train.processes: expected an integer, got bool True"),
         ("evaluate", "mistakes", -1, "evaluate.mistakes: must be >= 0"),
         ("train", "seed", -1, "train.seed: must be >= 0"),
         ("preprocess", "val_size", 0, "preprocess.val_size: must be >= 1"),
@@ -175,3 +177,16 @@ def test_every_float_key_takes_the_strings_dvc_exp_run_writes(tmp_path, key, tex
     path = write(tmp_path, REAL.read_text().replace(f"  {key}: ", f"  {key}: {text} #", 1))
     assert yaml.safe_load(path.read_text())["train"][key] == text
     assert getattr(load_params(path).train, key) == value
+
+
+@pytest.mark.parametrize("hidden", [[], [1], [512, 256]])
+def test_two_processes_need_one_hidden_layer_to_split(tmp_path, hidden):
+    raw = yaml.safe_load(REAL.read_text())
+    raw["train"].update(processes=2, hidden=hidden)
+    with pytest.raises(PipelineError) as caught:
+        load_params(write(tmp_path, yaml.safe_dump(raw)))
+    assert str(caught.value).endswith(
+        f"train.processes: 2 needs one hidden layer of at least 2 units, got train.hidden "
+        f"{hidden}")
+    raw["train"]["hidden"] = [2]
+    assert load_params(write(tmp_path, yaml.safe_dump(raw))).train.processes == 2

@@ -13,7 +13,7 @@ from stages.params import OPTIMIZERS, Train
 PLAIN = Train(hidden=[10], activation="relu", init="he", optimizer="sgd", momentum=0.9, lr=0.1,
               lr_schedule="constant", lr_min=0.0, lr_step_epochs=10, lr_step_factor=0.5,
               lr_warmup_epochs=0, weight_decay=0.0, epochs=30, batch_size=128, dropout=0.0,
-              shift=0, patience=0, seed=0)
+              shift=0, patience=0, seed=0, processes=1)
 QUIET = {"log": lambda _: None, "progress": False}
 
 
@@ -36,6 +36,12 @@ def fit(sizes, cfg, train_set=None, val_set=None, seed=0):
     history = training.train(params, sizes, train_set or separable_set(),
                              val_set or separable_set(seed=1), cfg, rngs, **QUIET)
     return params, history
+
+
+def streams(seed):
+    """run_epoch's generators as train() makes them: shifts and dropout share one stream."""
+    shuffle, noise = np.random.default_rng(seed).spawn(2)
+    return shuffle, noise, noise
 
 
 def grad_of(params, sizes, x, y, activation="relu"):
@@ -70,7 +76,7 @@ def test_one_full_batch_epoch_is_one_gradient_descent_step():
     expected = params - 0.5 * grad_of(params, sizes, x, y)
     cfg = config(lr=0.5, batch_size=len(x))
     buffers = training.make_buffers(sizes, len(x), 0.0, 0.0)
-    rngs = tuple(np.random.default_rng(9).spawn(2))
+    rngs = streams(9)
     lr = training.run_epoch(params, sizes, x, y, cfg, buffers, optim.init_state("sgd", 0),
                             lambda _: 0.5, 0, rngs)
     assert lr == 0.5
@@ -82,7 +88,7 @@ def test_the_last_partial_batch_is_used():
     sizes = [8, 4]
     params = network.init_params(sizes, "he", np.random.default_rng(0))
     want = params.copy()
-    rngs = tuple(np.random.default_rng(0).spawn(2))
+    rngs = streams(0)
     order = np.random.default_rng(0).spawn(2)[0].permutation(10)
     # 10 rows in batches of 9: one step on 9 rows, then one on the leftover row.
     for rows in (order[:9], order[9:]):
@@ -127,7 +133,7 @@ def test_an_epoch_on_pixel_codes_equals_one_on_their_floats(batch_size, shift):
         training.run_epoch(params, sizes, pixels, y, cfg,
                            training.make_buffers(sizes, batch_size, 0.0, 0.0),
                            optim.init_state("sgd", 0), lambda _: 0.1, 0,
-                           tuple(np.random.default_rng(2).spawn(2)))
+                           streams(2))
         trained.append(params)
     assert not np.array_equal(trained[0], start)
     assert trained[0].tobytes() == trained[1].tobytes()
@@ -138,7 +144,7 @@ def sgd_epoch(sizes, x, y, weight_decay=0.0):
     cfg = config(batch_size=64, weight_decay=weight_decay)
     buffers = training.make_buffers(sizes, 64, 0.0, weight_decay, with_gradient=False)
     training.run_epoch(params, sizes, x, y, cfg, buffers, {}, lambda _: 0.1, 0,
-                       tuple(np.random.default_rng(2).spawn(2)))
+                       streams(2))
     return params
 
 
@@ -182,7 +188,7 @@ def test_weight_decay_is_the_l2_gradient_added_to_the_step():
         cfg = config(lr=0.5, batch_size=len(x), weight_decay=0.01, optimizer=optimizer)
         training.run_epoch(got, sizes, x, y, cfg, training.make_buffers(sizes, 32, 0.0, 0.01),
                            optim.init_state(optimizer, len(got)), lambda _: 0.5, 0,
-                           tuple(np.random.default_rng(0).spawn(2)))
+                           streams(0))
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
 
 
@@ -252,7 +258,7 @@ def test_every_step_gets_the_rate_of_its_epoch_after_a_warmup_epoch(monkeypatch)
     real_step = training.sgd_step
 
     def recording_step(*args):
-        rates.append(args[-2])  # sgd_step(..., lr, weight_decay)
+        rates.append(args[-3])  # sgd_step(..., lr, weight_decay, combine)
         real_step(*args)
 
     monkeypatch.setattr(training, "sgd_step", recording_step)

@@ -1,0 +1,297 @@
+"""Training split between two processes by hidden units (train.processes: 2).
+
+NumPy's OpenBLAS splits a matrix product between its two threads along the larger output
+dimension: the forward product a @ W1 by hidden units, the update of W1 by input rows. So half
+of W1 moves between the cores twice a step, and where the two cores share no cache that
+traffic costs a third of a 784-256-10 step. Here each process owns half the hidden units (its
+columns of W1, its rows of W2, its entries of b1) in its own memory, and runs BLAS on one
+thread. Both draw the same batches and the same shifts; each draws its own dropout masks. Per
+step they swap one thing, their part of the logits (the hidden units' a @ W2, batch x classes
+numbers), through shared memory. Both then add part 0, part 1 and b2 in that order, to the same
+bits, so both hold the same b2 and need nothing else from each other.
+
+A process waits for the other's part by spinning on its step counter: a step takes about 250 us
+and waking a sleeping process would take 150 us here. Spinning needs a CPU for each process;
+reading the part once the counter shows it needs stores that other cores see in the order they
+were made, which x86-64 guarantees.
+"""
+
+import contextlib
+import ctypes
+import math
+import mmap
+import multiprocessing
+import os
+import platform
+import signal
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from functools import partial
+from multiprocessing.connection import Connection
+from typing import Any
+
+import numpy as np
+
+from stages import blas, network
+from stages.errors import PipelineError
+
+STRIDE = 16  # int64s between the two step counters: 128 bytes, never one cache line
+ABORT = 2 * STRIDE  # the counter either process raises when it stops early
+CHECK_EVERY = 1 << 14  # spins (about 1 ms) between checks that the other process is there
+WAIT_SECONDS = 10  # for the second process's last word, or its exit
+PAGE_BYTES = mmap.PAGESIZE
+
+
+class PartnerGoneError(Exception):
+    """The other process stopped, or asked this one to stop."""
+
+
+@dataclass
+class Link:
+    """One process's end of the logits exchange."""
+
+    me: int  # 0 or 1
+    counters: np.ndarray  # int64: steps each process has published (at me * STRIDE); ABORT
+    parts: np.ndarray  # float32 (process, step parity, rows, classes), shared
+    partner_alive: Callable[[], bool]
+    logits: np.ndarray = field(init=False)  # float32 (rows, classes), this process's own
+    published: int = 0
+
+    def __post_init__(self) -> None:
+        self.logits = np.empty(self.parts.shape[2:], np.float32)
+
+
+def combine(link: Link, part: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """The logits: this process's part, the other's, and the output bias. Parts alternate
+    between two slots, so the other can publish its next part while this one still reads."""
+    rows = len(part)
+    link.published += 1
+    slot = link.published & 1
+    link.parts[link.me, slot, :rows] = part
+    link.counters[link.me * STRIDE] = link.published
+    wait(link, link.published)
+    logits = np.add(link.parts[0, slot, :rows], link.parts[1, slot, :rows],
+                    out=link.logits[:rows])
+    logits += bias
+    return logits
+
+
+def wait(link: Link, steps: int) -> None:
+    """Spin until the other process has published `steps` parts."""
+    counter, spins = (1 - link.me) * STRIDE, 0
+    while link.counters[counter] < steps:
+        spins += 1
+        if spins % CHECK_EVERY == 0 and (link.counters[ABORT] or not link.partner_alive()):
+            raise PartnerGoneError
+
+
+def unit_halves(width: int) -> list[slice]:
+    """Each process's hidden units: the first takes the odd one out."""
+    middle = (width + 1) // 2
+    return [slice(0, middle), slice(middle, width)]
+
+
+def part_sizes(sizes: list[int], units: slice) -> list[int]:
+    return [sizes[0], units.stop - units.start, sizes[2]]
+
+
+def _pairs(params: np.ndarray, sizes: list[int], part: np.ndarray,
+           units: slice) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(whole network's view, part's view) for each array a part holds: its units' columns of
+    W1, rows of W2 and entries of b1, and all of b2."""
+    (w1, w2), (b1, b2) = network.layer_views(params, sizes)
+    (part_w1, part_w2), (part_b1, part_b2) = network.layer_views(part, part_sizes(sizes, units))
+    return [(w1[:, units], part_w1), (w2[units], part_w2), (b1[units], part_b1), (b2, part_b2)]
+
+
+def halves(params: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
+    """The two processes' flat parameters, each laid out as a network of its own units."""
+    parts = []
+    for units in unit_halves(sizes[1]):
+        part = np.empty(network.n_params(part_sizes(sizes, units)), params.dtype)
+        for whole, mine in _pairs(params, sizes, part, units):
+            mine[...] = whole
+        parts.append(part)
+    return parts
+
+
+def join(params: np.ndarray, sizes: list[int], parts: list[np.ndarray]) -> None:
+    """Write the two parts back into the whole network's `params` (b2 is the same in both)."""
+    for part, units in zip(parts, unit_halves(sizes[1]), strict=True):
+        for whole, mine in _pairs(params, sizes, part, units):
+            whole[...] = mine
+
+
+# An array in memory both processes map: (memory, shape, dtype), which pickles to the second.
+Shared = tuple[Any, tuple[int, ...], str]
+
+
+def share(context: Any, array: np.ndarray) -> Shared:
+    memory = context.RawArray(ctypes.c_uint8, max(array.nbytes, 1))
+    shared = (memory, array.shape, array.dtype.str)
+    view(shared)[...] = array
+    return shared
+
+
+def view(shared: Shared) -> np.ndarray:
+    memory, shape, dtype = shared
+    return np.frombuffer(memory, dtype, count=math.prod(shape)).reshape(shape)
+
+
+def touch(array: np.ndarray) -> None:
+    """Map every page of `array` into this process now: the first epoch would otherwise pay
+    for it (a page fault per 4 KiB: 30 ms for the training images)."""
+    array.reshape(-1).view(np.uint8)[::PAGE_BYTES].max(initial=0)
+
+
+# make_runner(params, sizes, x, y, rngs, combine) -> run(first_step, bar) -> last lr: epochs of
+# training on (x, y), as training.epoch_runner, given as something that pickles.
+MakeRunner = Callable[..., Callable[[int, Any], float]]
+
+
+def two_cpus() -> list[int]:
+    """The two CPUs the processes keep to, or a PipelineError saying why there are none."""
+    machine = f"{platform.system()} on {platform.machine()}"
+    if not hasattr(os, "sched_setaffinity") or platform.machine().lower() != "x86_64":
+        raise PipelineError(f"train.processes: 2 runs on Linux x86-64 only (its processes share "
+                            f"memory without locks, each on a CPU of its own), not {machine}")
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise PipelineError("train.processes: 2 needs two CPUs, this process may use one")
+    return cpus
+
+
+@contextlib.contextmanager
+def two_processes(make_runner: MakeRunner, params: np.ndarray, sizes: list[int],
+                  x: np.ndarray, y: np.ndarray, batch: int,
+                  rngs: tuple[np.random.Generator, np.random.Generator],
+                  ) -> Iterator[Callable[[int, Any], float]]:
+    """Yields run(first_step, bar) -> last lr: an epoch of training `params` (one hidden
+    layer) in place, its units split between this process and a second one, which lives as
+    long as the context."""
+    cpus = two_cpus()
+    context = multiprocessing.get_context("spawn")
+    shuffle_rng, noise_rng = rngs
+    dropout_rngs = noise_rng.spawn(2)
+    parts = halves(params, sizes)
+    units = unit_halves(sizes[1])
+    shared_x, shared_y, second_part, counters, logit_parts = (
+        share(context, array) for array in (
+            x, y, parts[1], np.zeros(ABORT + 1, np.int64),
+            np.zeros((2, 2, batch, sizes[-1]), np.float32)))
+    shared = (shared_x, shared_y, second_part, counters, logit_parts)
+    with _second_process_started(
+            context, view(counters), shared, make_runner, part_sizes(sizes, units[1]),
+            (shuffle_rng, noise_rng, dropout_rngs[1]), cpus[1]) as (process, conn):
+        link = Link(0, view(counters), view(logit_parts), process.is_alive)
+        run = make_runner(parts[0], part_sizes(sizes, units[0]), view(shared_x), view(shared_y),
+                          (shuffle_rng, noise_rng, dropout_rngs[0]), partial(combine, link))
+
+        def epoch(first_step: int, bar: Any) -> float:
+            conn.send(first_step)
+            try:
+                lr = run(first_step, bar)
+            except PartnerGoneError:
+                raise PipelineError(_failure(conn, process)) from None
+            if (message := _reply(conn, process)) is not None:
+                raise PipelineError(message)
+            join(params, sizes, [parts[0], view(second_part)])
+            return lr
+
+        # A process woken from the pipe would otherwise start out on the CPU of the one that
+        # woke it, and the two would take turns there for their first few steps (8 ms each).
+        os.sched_setaffinity(0, cpus[:1])
+        try:
+            # One BLAS thread between epochs too: scoring on two would leave OpenBLAS's
+            # second thread spinning, idle, into the next epoch.
+            with blas.one_thread():
+                yield epoch
+        finally:
+            os.sched_setaffinity(0, cpus)
+
+
+@contextlib.contextmanager
+def _second_process_started(context: Any, counters: np.ndarray, shared: tuple[Shared, ...],
+                            make_runner: MakeRunner, sizes: list[int],
+                            rngs: tuple[np.random.Generator, ...], cpu: int,
+                            ) -> Iterator[tuple[Any, Connection]]:
+    """(process, connection): the second process, ready for its first epoch; stopped when
+    the context ends, however it ends."""
+    conn, second_end = context.Pipe()
+    process = context.Process(target=_second_process, daemon=True, args=(
+        second_end, make_runner, shared, sizes, rngs, os.getpid(), cpu))
+    # OpenBLAS starts its threads as NumPy loads it, and an idle one spins for a while: in the
+    # second process it would take turns with the training for the first epoch's first steps.
+    with _environment("OPENBLAS_NUM_THREADS", "1"):
+        process.start()
+    second_end.close()
+    try:
+        # Its word that it is ready: a failure to start shows here, and the first epoch's
+        # time is the epoch's alone.
+        if (message := _reply(conn, process)) is not None:
+            raise PipelineError(message)
+        yield process, conn
+    finally:
+        counters[ABORT] = 1  # stops a second process still waiting mid-epoch
+        with contextlib.suppress(OSError):
+            conn.send(None)  # and one waiting for the next epoch
+        process.join(WAIT_SECONDS)
+        if process.is_alive():
+            process.kill()
+            process.join()
+        conn.close()
+
+
+@contextlib.contextmanager
+def _environment(name: str, value: str) -> Iterator[None]:
+    """os.environ[name] = value while a process is started, which inherits it."""
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = before
+
+
+def _reply(conn: Connection, process: Any) -> str | None:
+    """None once the second process has finished its epoch, else what went wrong."""
+    try:
+        message = conn.recv()
+    except (EOFError, OSError):  # its end closed, or reset
+        process.join(WAIT_SECONDS)
+        return f"the second training process stopped (exit code {process.exitcode})"
+    return None if message is None else f"the second training process failed: {message}"
+
+
+def _failure(conn: Connection, process: Any) -> str:
+    if conn.poll(WAIT_SECONDS):
+        return _reply(conn, process) or "the second training process stopped early"
+    return f"the second training process stopped (exit code {process.exitcode})"
+
+
+def _second_process(conn: Connection, make_runner: MakeRunner, shared: tuple[Shared, ...],
+                    sizes: list[int], rngs: tuple[np.random.Generator, ...], parent: int,
+                    cpu: int) -> None:
+    # Ctrl-C reaches both processes; the first one stops this one.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.sched_setaffinity(0, [cpu])
+    x, y, part, counters, logit_parts = map(view, shared)
+    for array in (x, y, part):
+        touch(array)
+    link = Link(1, counters, logit_parts, lambda: os.getppid() == parent)
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):
+            run = make_runner(part, sizes, x, y, rngs, partial(combine, link))
+            conn.send(None)
+            while (first_step := conn.recv()) is not None:
+                run(first_step, None)
+                conn.send(None)
+    except (PartnerGoneError, EOFError, BrokenPipeError):
+        return
+    except Exception as err:  # reported by the first process, as one line
+        counters[ABORT] = 1
+        with contextlib.suppress(OSError):
+            conn.send(f"{type(err).__name__}: {err}")
