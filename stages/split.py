@@ -8,7 +8,8 @@ columns of W1, its rows of W2, its entries of b1) in its own memory, and runs BL
 thread. Both draw the same batches and the same shifts; each draws its own dropout masks. Per
 step they swap one thing, their part of the logits (the hidden units' a @ W2, batch x classes
 numbers), through shared memory. Both then add part 0, part 1 and b2 in that order, to the same
-bits, so both hold the same b2 and need nothing else from each other.
+bits, so both hold the same b2 and need nothing else from each other. Without dropout the
+model is the one-process model up to the rounding of that sum; with it, the masks differ.
 
 A process waits for the other's part by spinning on its step counter: a step takes about 250 us
 and waking a sleeping process would take 150 us here. Spinning needs a CPU for each process;
@@ -158,6 +159,9 @@ def two_cpus() -> list[int]:
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2:
         raise PipelineError("train.processes: 2 needs two CPUs, this process may use one")
+    if blas.OPENBLAS is None:
+        raise PipelineError("train.processes: 2 needs the OpenBLAS bundled with NumPy's wheels "
+                            "(to keep each process to one BLAS thread), this NumPy has none")
     return cpus
 
 
@@ -188,10 +192,11 @@ def two_processes(make_runner: MakeRunner, params: np.ndarray, sizes: list[int],
                           (shuffle_rng, noise_rng, dropout_rngs[0]), partial(combine, link))
 
         def epoch(first_step: int, bar: Any) -> float:
-            conn.send(first_step)
             try:
+                conn.send(first_step)
                 lr = run(first_step, bar)
-            except PartnerGoneError:
+            # A broken pipe: it went between epochs; PartnerGoneError: in this one.
+            except (OSError, PartnerGoneError):
                 raise PipelineError(_failure(conn, process)) from None
             if (message := _reply(conn, process)) is not None:
                 raise PipelineError(message)

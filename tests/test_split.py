@@ -158,6 +158,26 @@ def test_the_split_needs_two_cpus_on_linux_x86_64(monkeypatch):
     monkeypatch.setattr(split.os, "sched_getaffinity", lambda _: {3})
     with pytest.raises(PipelineError, match="needs two CPUs, this process may use one"):
         split.two_cpus()
+    monkeypatch.setattr(split.os, "sched_getaffinity", lambda _: {3, 1})
+    assert split.two_cpus() == [1, 3]
+    monkeypatch.setattr(split.blas, "OPENBLAS", None)
+    with pytest.raises(PipelineError, match="needs the OpenBLAS bundled with NumPy's wheels"):
+        split.two_cpus()
+
+
+@needs_two_cpus
+def test_a_second_process_gone_between_epochs_is_one_error():
+    x, y = separable_set()
+    params = network.init_params([8, 6, 4], "he", np.random.default_rng(0))
+    with (pytest.raises(PipelineError) as caught,  # noqa: PT012
+          split.two_processes(partial(runner, None), params, [8, 6, 4], x, y, 16,
+                              tuple(np.random.default_rng(0).spawn(2))) as run):
+        run(0, None)
+        (child,) = multiprocessing.active_children()
+        os.kill(child.pid, signal.SIGKILL)
+        child.join()
+        run(13, None)
+    assert str(caught.value) == "the second training process stopped (exit code -9)"
 
 
 @needs_two_cpus
