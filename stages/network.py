@@ -12,6 +12,7 @@ with those, backprop is two matrix products per layer, as in Nielsen's network2.
 """
 
 import math
+from collections.abc import Callable
 from itertools import pairwise
 
 import numpy as np
@@ -148,16 +149,21 @@ def forward(
     weights: list[np.ndarray], biases: list[np.ndarray], x: np.ndarray, activation: str,
     masks: list[np.ndarray] | None = None,
     out: tuple[list[np.ndarray], list[np.ndarray]] | None = None,
+    combine: tuple[int, Callable[[np.ndarray, np.ndarray], np.ndarray]] | None = None,
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """(outputs, slopes) for training: every layer's output, x first and logits last, and every
     hidden layer's da/dz. `masks` are dropout's (0 or 1/keep per unit); `out` holds buffers of
-    at least len(x) rows to write into instead of allocating. A bias of None adds nothing."""
+    at least len(x) rows to write into instead of allocating. With combine = (layer, total),
+    that layer's z is total(product, bias) instead of product + bias: where another process
+    holds the rest of the product (see split)."""
     _, act_with_slope = ACTIVATIONS[activation]
     outputs, slopes = [x], []
     rows = len(x)
     for layer, (w, b) in enumerate(zip(weights, biases, strict=True)):
         z = np.matmul(outputs[-1], w, out=out[0][layer][:rows] if out else None)
-        if b is not None:
+        if combine and combine[0] == layer:
+            z = combine[1](z, b)
+        else:
             z += b
         if layer < len(weights) - 1:
             s = out[1][layer][:rows] if out else np.empty_like(z)

@@ -1,20 +1,29 @@
-"""Training split between two processes by hidden units (train.processes: 2).
+"""Training split between two processes (train.processes: 2), for one hidden layer.
 
 NumPy's OpenBLAS splits a matrix product between its two threads along the larger output
 dimension: the forward product a @ W1 by hidden units, the update of W1 by input rows. So half
 of W1 moves between the cores twice a step, and where the two cores share no cache that
-traffic costs a third of a 784-256-10 step. Here each process owns half the hidden units (its
-columns of W1, its rows of W2, its entries of b1) in its own memory, and runs BLAS on one
-thread. Both draw the same batches and the same shifts; each draws its own dropout masks. Per
-step they swap one thing, their part of the logits (the hidden units' a @ W2, batch x classes
-numbers), through shared memory. Both then add part 0, part 1 and b2 in that order, to the same
-bits, so both hold the same b2 and need nothing else from each other. Without dropout the
-model is the one-process model up to the rounding of that sum; with it, the masks differ.
+traffic costs a third of a 784-256-10 step. Here each process owns half of W1 in its own memory
+and runs BLAS on one thread, and per step the two swap one small array through shared memory.
+Two ways to halve W1, by what each process takes:
 
-A process waits for the other's part by spinning on its step counter: a step takes about 250 us
-and waking a sleeping process would take 150 us here. Spinning needs a CPU for each process;
-reading the part once the counter shows it needs stores that other cores see in the order they
-were made, which x86-64 guarantees.
+- "units", for 128 hidden units or more: half the hidden units, that is its columns of W1, its
+  rows of W2 and its entries of b1. Each gathers the whole batch; they swap their parts of the
+  logits (the units' a @ W2, batch x classes). Each draws its own units' dropout masks.
+- "inputs", for narrower layers: half the pixels, that is its rows of W1. Each gathers only its
+  half of the batch's pixels (the gather is a fifth of a 784-10-10 step); they swap their parts
+  of the hidden layer's input (the pixels' x @ W1, batch x units), and both then compute the
+  rest of the network alike. Shifts move pixels between the halves, so they need "units".
+
+Both processes add part 0, part 1 and the bias, to the same bits, so every array both hold (b2;
+with "inputs" also b1, W2 and the dropout masks, drawn from one stream) stays the same in both
+and needs no other exchange. Without dropout, or with "inputs", the model is the one-process
+model up to the rounding of that sum; with "units" and dropout, the masks differ.
+
+A process waits for the other's part by spinning on its step counter: a 784-256-10 step takes
+about 250 us and waking a sleeping process would take 150 us here. Spinning needs a CPU for
+each process; reading the part once the counter shows it needs stores that other cores see in
+the order they were made, which x86-64 guarantees.
 """
 
 import contextlib
@@ -41,40 +50,73 @@ ABORT = 2 * STRIDE  # the counter either process raises when it stops early
 CHECK_EVERY = 1 << 14  # spins (about 1 ms) between checks that the other process is there
 WAIT_SECONDS = 10  # for the second process's last word, or its exit
 PAGE_BYTES = mmap.PAGESIZE
+# Measured here with batch 64: splitting the pixels wins up to 64 hidden units (784-10-10
+# epochs 1.3x faster), ties at 128, and loses at 256, where each process would redo
+# more of the network than the smaller gather saves.
+UNITS_FROM = 128
 
 
 class PartnerGoneError(Exception):
     """The other process stopped, or asked this one to stop."""
 
 
+@dataclass(frozen=True)
+class Plan:
+    """What each process takes of a network with one hidden layer: the first or second half of
+    its inputs' rows of W1, or of its hidden units."""
+
+    by: str  # "inputs" or "units"
+    halves: tuple[slice, slice]
+
+    @property
+    def layer(self) -> int:
+        """The layer whose product the processes add up: the hidden one's, or the output's."""
+        return 0 if self.by == "inputs" else 1
+
+
+def plan(sizes: list[int], shift: int) -> Plan:
+    by = "inputs" if sizes[1] < UNITS_FROM and not shift else "units"
+    width = sizes[0] if by == "inputs" else sizes[1]
+    middle = (width + 1) // 2  # the first process takes the odd one out
+    return Plan(by, (slice(0, middle), slice(middle, width)))
+
+
+def part_sizes(sizes: list[int], split: Plan, me: int) -> list[int]:
+    """Layer widths of process me's part, itself laid out as a network."""
+    half = split.halves[me]
+    if split.by == "inputs":
+        return [half.stop - half.start, *sizes[1:]]
+    return [sizes[0], half.stop - half.start, sizes[2]]
+
+
 @dataclass
 class Link:
-    """One process's end of the logits exchange."""
+    """One process's end of the exchange."""
 
     me: int  # 0 or 1
     counters: np.ndarray  # int64: steps each process has published (at me * STRIDE); ABORT
-    parts: np.ndarray  # float32 (process, step parity, rows, classes), shared
+    parts: np.ndarray  # float32 (process, step parity, rows, width), shared
     partner_alive: Callable[[], bool]
-    logits: np.ndarray = field(init=False)  # float32 (rows, classes), this process's own
+    total: np.ndarray = field(init=False)  # float32 (rows, width), this process's own
     published: int = 0
 
     def __post_init__(self) -> None:
-        self.logits = np.empty(self.parts.shape[2:], np.float32)
+        self.total = np.empty(self.parts.shape[2:], np.float32)
 
 
 def combine(link: Link, part: np.ndarray, bias: np.ndarray) -> np.ndarray:
-    """The logits: this process's part, the other's, and the output bias. Parts alternate
-    between two slots, so the other can publish its next part while this one still reads."""
+    """The layer's z: this process's part of the product, the other's, and the bias. Parts
+    alternate between two slots, so the other can publish its next part while this one still
+    reads."""
     rows = len(part)
     link.published += 1
     slot = link.published & 1
     link.parts[link.me, slot, :rows] = part
     link.counters[link.me * STRIDE] = link.published
     wait(link, link.published)
-    logits = np.add(link.parts[0, slot, :rows], link.parts[1, slot, :rows],
-                    out=link.logits[:rows])
-    logits += bias
-    return logits
+    total = np.add(link.parts[0, slot, :rows], link.parts[1, slot, :rows], out=link.total[:rows])
+    total += bias
+    return total
 
 
 def wait(link: Link, steps: int) -> None:
@@ -86,40 +128,34 @@ def wait(link: Link, steps: int) -> None:
             raise PartnerGoneError
 
 
-def unit_halves(width: int) -> list[slice]:
-    """Each process's hidden units: the first takes the odd one out."""
-    middle = (width + 1) // 2
-    return [slice(0, middle), slice(middle, width)]
-
-
-def part_sizes(sizes: list[int], units: slice) -> list[int]:
-    return [sizes[0], units.stop - units.start, sizes[2]]
-
-
-def _pairs(params: np.ndarray, sizes: list[int], part: np.ndarray,
-           units: slice) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(whole network's view, part's view) for each array a part holds: its units' columns of
-    W1, rows of W2 and entries of b1, and all of b2."""
+def _pairs(params: np.ndarray, sizes: list[int], part: np.ndarray, split: Plan,
+           me: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(whole network's view, part's view) for each array a part holds."""
     (w1, w2), (b1, b2) = network.layer_views(params, sizes)
-    (part_w1, part_w2), (part_b1, part_b2) = network.layer_views(part, part_sizes(sizes, units))
-    return [(w1[:, units], part_w1), (w2[units], part_w2), (b1[units], part_b1), (b2, part_b2)]
+    (part_w1, part_w2), (part_b1, part_b2) = network.layer_views(
+        part, part_sizes(sizes, split, me))
+    half = split.halves[me]
+    if split.by == "inputs":
+        return [(w1[half], part_w1), (w2, part_w2), (b1, part_b1), (b2, part_b2)]
+    return [(w1[:, half], part_w1), (w2[half], part_w2), (b1[half], part_b1), (b2, part_b2)]
 
 
-def halves(params: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
-    """The two processes' flat parameters, each laid out as a network of its own units."""
+def halves(params: np.ndarray, sizes: list[int], split: Plan) -> list[np.ndarray]:
+    """The two processes' flat parameters."""
     parts = []
-    for units in unit_halves(sizes[1]):
-        part = np.empty(network.n_params(part_sizes(sizes, units)), params.dtype)
-        for whole, mine in _pairs(params, sizes, part, units):
+    for me in (0, 1):
+        part = np.empty(network.n_params(part_sizes(sizes, split, me)), params.dtype)
+        for whole, mine in _pairs(params, sizes, part, split, me):
             mine[...] = whole
         parts.append(part)
     return parts
 
 
-def join(params: np.ndarray, sizes: list[int], parts: list[np.ndarray]) -> None:
-    """Write the two parts back into the whole network's `params` (b2 is the same in both)."""
-    for part, units in zip(parts, unit_halves(sizes[1]), strict=True):
-        for whole, mine in _pairs(params, sizes, part, units):
+def join(params: np.ndarray, sizes: list[int], parts: list[np.ndarray], split: Plan) -> None:
+    """Write the two parts back into the whole network's `params` (what both hold is the same
+    in both)."""
+    for me, part in enumerate(parts):
+        for whole, mine in _pairs(params, sizes, part, split, me):
             whole[...] = mine
 
 
@@ -145,8 +181,8 @@ def touch(array: np.ndarray) -> None:
     array.reshape(-1).view(np.uint8)[::PAGE_BYTES].max(initial=0)
 
 
-# make_runner(params, sizes, x, y, rngs, combine) -> run(first_step, bar) -> last lr: epochs of
-# training on (x, y), as training.epoch_runner, given as something that pickles.
+# make_runner(params, sizes, x, y, rngs, (layer, combine)) -> run(first_step, bar) -> last lr:
+# epochs of training on (x, y), as training.epoch_runner, given as something that pickles.
 MakeRunner = Callable[..., Callable[[int, Any], float]]
 
 
@@ -167,29 +203,34 @@ def two_cpus() -> list[int]:
 
 @contextlib.contextmanager
 def two_processes(make_runner: MakeRunner, params: np.ndarray, sizes: list[int],
-                  x: np.ndarray, y: np.ndarray, batch: int,
+                  x: np.ndarray, y: np.ndarray, batch: int, shift: int,
                   rngs: tuple[np.random.Generator, np.random.Generator],
                   ) -> Iterator[Callable[[int, Any], float]]:
     """Yields run(first_step, bar) -> last lr: an epoch of training `params` (one hidden
-    layer) in place, its units split between this process and a second one, which lives as
-    long as the context."""
+    layer) in place, split (as plan() chooses) between this process and a second one, which
+    lives as long as the context."""
     cpus = two_cpus()
     context = multiprocessing.get_context("spawn")
+    split = plan(sizes, shift)
     shuffle_rng, noise_rng = rngs
-    dropout_rngs = noise_rng.spawn(2)
-    parts = halves(params, sizes)
-    units = unit_halves(sizes[1])
-    shared_x, shared_y, second_part, counters, logit_parts = (
-        share(context, array) for array in (
-            x, y, parts[1], np.zeros(ABORT + 1, np.int64),
-            np.zeros((2, 2, batch, sizes[-1]), np.float32)))
-    shared = (shared_x, shared_y, second_part, counters, logit_parts)
+    # Shifts from one stream in both; dropout masks from one too where both compute the
+    # hidden layer, from one each where each computes its own units.
+    dropout_rngs = (noise_rng, noise_rng) if split.by == "inputs" else noise_rng.spawn(2)
+    parts = halves(params, sizes, split)
+    xs = [x[:, half] for half in split.halves] if split.by == "inputs" else [x, x]
+    shared_x0, shared_x1 = ((share(context, xs[0]), share(context, xs[1]))
+                            if split.by == "inputs" else (share(context, x),) * 2)
+    shared_y, second_part, counters, exchange = (share(context, array) for array in (
+        y, parts[1], np.zeros(ABORT + 1, np.int64),
+        np.zeros((2, 2, batch, sizes[split.layer + 1]), np.float32)))
     with _second_process_started(
-            context, view(counters), shared, make_runner, part_sizes(sizes, units[1]),
+            context, view(counters), (shared_x1, shared_y, second_part, counters, exchange),
+            make_runner, part_sizes(sizes, split, 1), split.layer,
             (shuffle_rng, noise_rng, dropout_rngs[1]), cpus[1]) as (process, conn):
-        link = Link(0, view(counters), view(logit_parts), process.is_alive)
-        run = make_runner(parts[0], part_sizes(sizes, units[0]), view(shared_x), view(shared_y),
-                          (shuffle_rng, noise_rng, dropout_rngs[0]), partial(combine, link))
+        link = Link(0, view(counters), view(exchange), process.is_alive)
+        run = make_runner(parts[0], part_sizes(sizes, split, 0), view(shared_x0), view(shared_y),
+                          (shuffle_rng, noise_rng, dropout_rngs[0]),
+                          (split.layer, partial(combine, link)))
 
         def epoch(first_step: int, bar: Any) -> float:
             try:
@@ -200,7 +241,7 @@ def two_processes(make_runner: MakeRunner, params: np.ndarray, sizes: list[int],
                 raise PipelineError(_failure(conn, process)) from None
             if (message := _reply(conn, process)) is not None:
                 raise PipelineError(message)
-            join(params, sizes, [parts[0], view(second_part)])
+            join(params, sizes, [parts[0], view(second_part)], split)
             return lr
 
         # A process woken from the pipe would otherwise start out on the CPU of the one that
@@ -217,14 +258,14 @@ def two_processes(make_runner: MakeRunner, params: np.ndarray, sizes: list[int],
 
 @contextlib.contextmanager
 def _second_process_started(context: Any, counters: np.ndarray, shared: tuple[Shared, ...],
-                            make_runner: MakeRunner, sizes: list[int],
+                            make_runner: MakeRunner, sizes: list[int], layer: int,
                             rngs: tuple[np.random.Generator, ...], cpu: int,
                             ) -> Iterator[tuple[Any, Connection]]:
     """(process, connection): the second process, ready for its first epoch; stopped when
     the context ends, however it ends."""
     conn, second_end = context.Pipe()
     process = context.Process(target=_second_process, daemon=True, args=(
-        second_end, make_runner, shared, sizes, rngs, os.getpid(), cpu))
+        second_end, make_runner, shared, sizes, layer, rngs, os.getpid(), cpu))
     # OpenBLAS starts its threads as NumPy loads it, and an idle one spins for a while: in the
     # second process it would take turns with the training for the first epoch's first steps.
     with _environment("OPENBLAS_NUM_THREADS", "1"):
@@ -278,18 +319,18 @@ def _failure(conn: Connection, process: Any) -> str:
 
 
 def _second_process(conn: Connection, make_runner: MakeRunner, shared: tuple[Shared, ...],
-                    sizes: list[int], rngs: tuple[np.random.Generator, ...], parent: int,
-                    cpu: int) -> None:
+                    sizes: list[int], layer: int, rngs: tuple[np.random.Generator, ...],
+                    parent: int, cpu: int) -> None:
     # Ctrl-C reaches both processes; the first one stops this one.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.sched_setaffinity(0, [cpu])
-    x, y, part, counters, logit_parts = map(view, shared)
+    x, y, part, counters, exchange = map(view, shared)
     for array in (x, y, part):
         touch(array)
-    link = Link(1, counters, logit_parts, lambda: os.getppid() == parent)
+    link = Link(1, counters, exchange, lambda: os.getppid() == parent)
     try:
         with np.errstate(over="ignore", invalid="ignore"):
-            run = make_runner(part, sizes, x, y, rngs, partial(combine, link))
+            run = make_runner(part, sizes, x, y, rngs, (layer, partial(combine, link)))
             conn.send(None)
             while (first_step := conn.recv()) is not None:
                 run(first_step, None)

@@ -100,9 +100,9 @@ def draw_masks(masks: list[np.ndarray], rows: int, dropout: float,
         mask[:rows] *= 1.0 / keep
 
 
-# combine(part, bias): the logits, from this process's part of them and the output bias (see
-# split); None where one process holds the whole network.
-Combine = Callable[[np.ndarray, np.ndarray], np.ndarray] | None
+# (layer, total): total(part, bias) is that layer's z, from this process's part of its product
+# and its bias (see split); None where one process holds the whole network.
+Combine = tuple[int, Callable[[np.ndarray, np.ndarray], np.ndarray]] | None
 
 
 def forward_and_delta(weights: list[np.ndarray], biases: list[np.ndarray], x: np.ndarray,
@@ -111,10 +111,9 @@ def forward_and_delta(weights: list[np.ndarray], biases: list[np.ndarray], x: np
                       ) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
     """The forward pass on the batch (x, y) and the delta of `scale` times its mean
     cross-entropy: (outputs, slopes, delta), all in the buffers."""
-    outputs, slopes = network.forward(weights, biases if combine is None else [*biases[:-1], None],
-                                      x, activation, masks, out=(buffers.outputs, buffers.slopes))
-    logits = outputs[-1] if combine is None else combine(outputs[-1], biases[-1])
-    delta = network.output_delta(logits, y, out=buffers.deltas[-1][: len(x)], scale=scale)
+    outputs, slopes = network.forward(weights, biases, x, activation, masks,
+                                      out=(buffers.outputs, buffers.slopes), combine=combine)
+    delta = network.output_delta(outputs[-1], y, out=buffers.deltas[-1][: len(x)], scale=scale)
     return outputs, slopes, delta
 
 
@@ -244,7 +243,7 @@ def runner(params: np.ndarray, sizes: list[int], x: np.ndarray, y: np.ndarray, c
     make_runner = partial(epoch_runner, config, partial(learning_rate_at, config, steps_per_epoch))
     if config.processes == 2:
         return split.two_processes(make_runner, params, sizes, x, y,
-                                   min(config.batch_size, len(x)), rngs)
+                                   min(config.batch_size, len(x)), config.shift, rngs)
     shuffle_rng, noise_rng = rngs
     return contextlib.nullcontext(make_runner(params, sizes, x, y,
                                               (shuffle_rng, noise_rng, noise_rng)))

@@ -20,19 +20,47 @@ needs_two_cpus = pytest.mark.skipif(
     reason="the split needs two CPUs")
 
 
+def test_the_plan_splits_narrow_layers_by_inputs_and_wide_ones_or_shifts_by_units():
+    assert split.plan([784, 10, 10], shift=0) == split.Plan("inputs", (slice(0, 392),
+                                                                       slice(392, 784)))
+    assert split.plan([784, 127, 10], shift=0).by == "inputs"
+    assert split.plan([784, 128, 10], shift=0) == split.Plan("units", (slice(0, 64),
+                                                                      slice(64, 128)))
+    assert split.plan([784, 10, 10], shift=1) == split.Plan("units", (slice(0, 5), slice(5, 10)))
+    assert split.plan([7, 5, 3], shift=1).halves == (slice(0, 3), slice(3, 5))
+
+
 def test_halves_give_each_process_its_units_and_join_puts_them_back():
     sizes = [6, 5, 3]
     params = np.random.default_rng(0).standard_normal(network.n_params(sizes)).astype(np.float32)
     (w1, w2), (b1, b2) = network.layer_views(params, sizes)
-    parts = split.halves(params, sizes)
-    for part, units, width in zip(parts, (slice(0, 3), slice(3, 5)), (3, 2), strict=True):
+    units = split.Plan("units", (slice(0, 3), slice(3, 5)))
+    parts = split.halves(params, sizes, units)
+    for part, half, width in zip(parts, units.halves, (3, 2), strict=True):
         (part_w1, part_w2), (part_b1, part_b2) = network.layer_views(part, [6, width, 3])
-        assert np.array_equal(part_w1, w1[:, units])
-        assert np.array_equal(part_w2, w2[units])
-        assert np.array_equal(part_b1, b1[units])
+        assert np.array_equal(part_w1, w1[:, half])
+        assert np.array_equal(part_w2, w2[half])
+        assert np.array_equal(part_b1, b1[half])
         assert np.array_equal(part_b2, b2)
     joined = np.zeros_like(params)
-    split.join(joined, sizes, parts)
+    split.join(joined, sizes, parts, units)
+    assert joined.tobytes() == params.tobytes()
+
+
+def test_halves_give_each_process_its_inputs_and_join_puts_them_back():
+    sizes = [7, 5, 3]
+    params = np.random.default_rng(0).standard_normal(network.n_params(sizes)).astype(np.float32)
+    (w1, w2), (b1, b2) = network.layer_views(params, sizes)
+    inputs = split.plan(sizes, shift=0)
+    parts = split.halves(params, sizes, inputs)
+    for part, half, width in zip(parts, (slice(0, 4), slice(4, 7)), (4, 3), strict=True):
+        (part_w1, part_w2), (part_b1, part_b2) = network.layer_views(part, [width, 5, 3])
+        assert np.array_equal(part_w1, w1[half])
+        assert np.array_equal(part_w2, w2)
+        assert np.array_equal(part_b1, b1)
+        assert np.array_equal(part_b2, b2)
+    joined = np.zeros_like(params)
+    split.join(joined, sizes, parts, inputs)
     assert joined.tobytes() == params.tobytes()
 
 
@@ -66,27 +94,34 @@ def test_waiting_stops_when_the_other_process_has(counters_say):
 
 @needs_two_cpus
 @pytest.mark.parametrize("optimizer", ["sgd", "nesterov", "adam"])
-def test_split_training_follows_one_process_training(optimizer):
-    # The same steps up to the order of the logits' sums; with shifts, which both processes
-    # must draw alike, and weight decay, which each applies to its own weights.
+@pytest.mark.parametrize(("by", "change"), [
+    ("units", {"shift": 2}),  # which both processes must draw alike
+    ("inputs", {"dropout": 0.3}),  # whose masks both must draw alike
+])
+def test_split_training_follows_one_process_training(optimizer, by, change):
+    # The same steps up to the order of the sums, with weight decay, which each process
+    # applies to its own weights (and both to those they share).
     _, x, y = digit_like_set(n=96)
     cfg = config(optimizer=optimizer, lr=0.01 if optimizer == "adam" else 0.1, epochs=2,
-                 batch_size=16, weight_decay=1e-3, shift=2)
+                 batch_size=16, weight_decay=1e-3, **change)
+    assert split.plan([784, 7, 4], cfg.shift).by == by
     alone, history = fit([784, 7, 4], cfg, (x, y), (x, y))
     both, split_history = fit([784, 7, 4], dataclasses.replace(cfg, processes=2), (x, y), (x, y))
     assert not np.array_equal(alone, network.init_params([784, 7, 4], "he",
                                                          np.random.default_rng(0)))
-    np.testing.assert_allclose(both, alone, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(both, alone, rtol=1e-4, atol=1e-5)
     assert split_history[-1]["train_loss"] == pytest.approx(history[-1]["train_loss"], rel=1e-4)
 
 
 @needs_two_cpus
-def test_split_training_with_dropout_is_deterministic():
-    cfg = config(epochs=3, batch_size=16, dropout=0.3, processes=2)
-    first, history = fit([8, 7, 4], cfg)
-    assert fit([8, 7, 4], cfg)[0].tobytes() == first.tobytes()
-    assert fit([8, 7, 4], dataclasses.replace(cfg, dropout=0.0))[0].tobytes() != first.tobytes()
-    assert history[-1]["train_acc"] == 1.0
+def test_split_training_with_dropout_by_units_is_deterministic():
+    _, x, y = digit_like_set(n=96)
+    cfg = config(epochs=2, batch_size=16, dropout=0.3, shift=1, processes=2)
+    assert split.plan([784, 7, 4], cfg.shift).by == "units"
+    first, _ = fit([784, 7, 4], cfg, (x, y), (x, y))
+    assert fit([784, 7, 4], cfg, (x, y), (x, y))[0].tobytes() == first.tobytes()
+    other = fit([784, 7, 4], dataclasses.replace(cfg, dropout=0.0), (x, y), (x, y))[0]
+    assert other.tobytes() != first.tobytes()
 
 
 CFG = config(hidden=[6], epochs=1, batch_size=16, processes=2)
@@ -94,7 +129,7 @@ CFG = config(hidden=[6], epochs=1, batch_size=16, processes=2)
 
 def runner(failure, params, sizes, x, y, rngs, combine):
     """training.epoch_runner, with a failure planted in one process."""
-    me = combine.args[0].me
+    me = combine[1].args[0].me
     if me == 1 and failure == "start":
         raise ValueError("planted at start")
     run = training.epoch_runner(CFG, partial(training.learning_rate_at, CFG, 13), params, sizes,
@@ -125,7 +160,7 @@ def test_a_failing_second_process_is_one_error_and_leaves_things_as_they_were(fa
     started = time.perf_counter()
     # The failure may come as the context starts or in the epoch.
     with (pytest.raises(PipelineError) as caught,
-          split.two_processes(partial(runner, failure), params, [8, 6, 4], x, y, 16,
+          split.two_processes(partial(runner, failure), params, [8, 6, 4], x, y, 16, 0,
                               tuple(np.random.default_rng(0).spawn(2))) as run):
         run(0, None)
     assert str(caught.value) == message
@@ -141,7 +176,7 @@ def test_the_split_keeps_one_blas_thread_and_a_cpu_each_and_gives_them_back():
     x, y = separable_set()
     params = network.init_params([8, 6, 4], "he", np.random.default_rng(0))
     cpus = os.sched_getaffinity(0)
-    with split.two_processes(partial(runner, None), params, [8, 6, 4], x, y, 16,
+    with split.two_processes(partial(runner, None), params, [8, 6, 4], x, y, 16, 0,
                              tuple(np.random.default_rng(0).spawn(2))) as run:
         run(0, None)
         assert os.sched_getaffinity(0) == {min(cpus)}
@@ -170,7 +205,7 @@ def test_a_second_process_gone_between_epochs_is_one_error():
     x, y = separable_set()
     params = network.init_params([8, 6, 4], "he", np.random.default_rng(0))
     with (pytest.raises(PipelineError) as caught,  # noqa: PT012
-          split.two_processes(partial(runner, None), params, [8, 6, 4], x, y, 16,
+          split.two_processes(partial(runner, None), params, [8, 6, 4], x, y, 16, 0,
                               tuple(np.random.default_rng(0).spawn(2))) as run):
         run(0, None)
         (child,) = multiprocessing.active_children()
