@@ -38,6 +38,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -49,6 +50,7 @@ STRIDE = 16  # int64s between the two step counters: 128 bytes, never one cache 
 ABORT = 2 * STRIDE  # the counter either process raises when it stops early
 CHECK_EVERY = 1 << 14  # spins (about 1 ms) between checks that the other process is there
 WAIT_SECONDS = 10  # for the second process's last word, or its exit
+START_SECONDS = 120  # for it to import NumPy and map the training images
 PAGE_BYTES = mmap.PAGESIZE
 # Measured here with batch 64: splitting the pixels wins up to 64 hidden units (784-10-10
 # epochs 1.3x faster), ties at 128, and loses at 256, where each process would redo
@@ -198,7 +200,20 @@ def two_cpus() -> list[int]:
     if blas.OPENBLAS is None:
         raise PipelineError("train.processes: 2 needs the OpenBLAS bundled with NumPy's wheels "
                             "(to keep each process to one BLAS thread), this NumPy has none")
-    return cpus
+    # Two hyper-threads of one core would share its caches and its arithmetic: another core.
+    first = core_of(cpus[0])
+    others = [cpu for cpu in cpus[1:] if first is None or core_of(cpu) != first]
+    return [cpus[0], (others or cpus[1:])[0]]
+
+
+def core_of(cpu: int) -> tuple[str, str] | None:
+    """(package, core) of a CPU as Linux reports it, or None where it does not."""
+    topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+    try:
+        return ((topology / "physical_package_id").read_text().strip(),
+                (topology / "core_id").read_text().strip())
+    except OSError:
+        return None
 
 
 @contextlib.contextmanager
@@ -268,12 +283,16 @@ def _second_process_started(context: Any, counters: np.ndarray, shared: tuple[Sh
         second_end, make_runner, shared, sizes, layer, rngs, os.getpid(), cpu))
     # OpenBLAS starts its threads as NumPy loads it, and an idle one spins for a while: in the
     # second process it would take turns with the training for the first epoch's first steps.
-    with _environment("OPENBLAS_NUM_THREADS", "1"):
+    # Ctrl-C reaches both processes; ignored from its start, this one leaves it to the first.
+    with _environment("OPENBLAS_NUM_THREADS", "1"), _interrupts_ignored():
         process.start()
     second_end.close()
     try:
         # Its word that it is ready: a failure to start shows here, and the first epoch's
         # time is the epoch's alone.
+        if not conn.poll(START_SECONDS):
+            raise PipelineError(f"the second training process was not ready after "
+                                f"{START_SECONDS} s")
         if (message := _reply(conn, process)) is not None:
             raise PipelineError(message)
         yield process, conn
@@ -302,6 +321,17 @@ def _environment(name: str, value: str) -> Iterator[None]:
             os.environ[name] = before
 
 
+@contextlib.contextmanager
+def _interrupts_ignored() -> Iterator[None]:
+    """SIGINT ignored while a process is started: it starts with SIGINT ignored, and Python
+    leaves it so."""
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
 def _reply(conn: Connection, process: Any) -> str | None:
     """None once the second process has finished its epoch, else what went wrong."""
     try:
@@ -321,8 +351,6 @@ def _failure(conn: Connection, process: Any) -> str:
 def _second_process(conn: Connection, make_runner: MakeRunner, shared: tuple[Shared, ...],
                     sizes: list[int], layer: int, rngs: tuple[np.random.Generator, ...],
                     parent: int, cpu: int) -> None:
-    # Ctrl-C reaches both processes; the first one stops this one.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.sched_setaffinity(0, [cpu])
     x, y, part, counters, exchange = map(view, shared)
     for array in (x, y, part):

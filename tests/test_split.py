@@ -225,3 +225,39 @@ def test_the_train_stage_runs_split(project):  # noqa: F811
     assert result.returncode == 0, result.stderr
     assert "trained 784-8-10" in result.stdout
     assert (project / "out" / "model.npz").exists()
+
+
+def test_the_second_cpu_is_on_another_core_where_linux_says(monkeypatch):
+    monkeypatch.setattr(split.os, "sched_getaffinity", lambda _: {0, 1, 2})
+    cores = {0: ("0", "0"), 1: ("0", "0"), 2: ("0", "1")}  # 0 and 1: one core's two threads
+    monkeypatch.setattr(split, "core_of", cores.get)
+    assert split.two_cpus() == [0, 2]
+    monkeypatch.setattr(split, "core_of", lambda _: None)
+    assert split.two_cpus() == [0, 1]
+    assert split.core_of(10**6) is None
+
+
+@needs_two_cpus
+def test_a_second_process_not_ready_in_time_is_one_error(monkeypatch):
+    monkeypatch.setattr(split, "START_SECONDS", 0)
+    x, y = separable_set()
+    params = network.init_params([8, 6, 4], "he", np.random.default_rng(0))
+    with (pytest.raises(PipelineError, match=r"^the second training process was not ready "
+                                             r"after 0 s$"),
+          split.two_processes(partial(runner, None), params, [8, 6, 4], x, y, 16, 0,
+                              tuple(np.random.default_rng(0).spawn(2)))):
+        pass
+    assert not multiprocessing.active_children()
+
+
+@needs_two_cpus
+def test_ctrl_c_is_left_to_the_first_process():
+    x, y = separable_set()
+    params = network.init_params([8, 6, 4], "he", np.random.default_rng(0))
+    with split.two_processes(partial(runner, None), params, [8, 6, 4], x, y, 16, 0,
+                             tuple(np.random.default_rng(0).spawn(2))) as run:
+        (child,) = multiprocessing.active_children()
+        os.kill(child.pid, signal.SIGINT)
+        run(0, None)
+        assert child.is_alive()
+    assert child.exitcode == 0
