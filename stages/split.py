@@ -224,7 +224,7 @@ def two_processes(make_runner: MakeRunner, params: np.ndarray, sizes: list[int],
     """Yields run(first_step, bar) -> last lr: an epoch of training `params` (one hidden
     layer) in place, split (as plan() chooses) between this process and a second one, which
     lives as long as the context."""
-    cpus = two_cpus()
+    allowed, cpus = os.sched_getaffinity(0), two_cpus()
     context = multiprocessing.get_context("spawn")
     split = plan(sizes, shift)
     shuffle_rng, noise_rng = rngs
@@ -268,7 +268,7 @@ def two_processes(make_runner: MakeRunner, params: np.ndarray, sizes: list[int],
             with blas.one_thread():
                 yield epoch
         finally:
-            os.sched_setaffinity(0, cpus)
+            os.sched_setaffinity(0, allowed)
 
 
 @contextlib.contextmanager

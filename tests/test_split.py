@@ -261,3 +261,17 @@ def test_ctrl_c_is_left_to_the_first_process():
         run(0, None)
         assert child.is_alive()
     assert child.exitcode == 0
+
+
+@needs_two_cpus
+def test_the_first_process_gets_all_its_cpus_back(monkeypatch):
+    pinned = []
+    monkeypatch.setattr(split.os, "sched_getaffinity", lambda _: {0, 1, 5})
+    monkeypatch.setattr(split.os, "sched_setaffinity", lambda pid, cpus: pinned.append(set(cpus)))
+    monkeypatch.setattr(split, "core_of", lambda _: None)
+    x, y = separable_set()
+    params = network.init_params([8, 6, 4], "he", np.random.default_rng(0))
+    with split.two_processes(partial(runner, None), params, [8, 6, 4], x, y, 16, 0,
+                             tuple(np.random.default_rng(0).spawn(2))) as run:
+        run(0, None)
+    assert pinned == [{0}, {0, 1, 5}]
