@@ -169,10 +169,15 @@ def versions() -> str:
     for module in ("sklearn", "torch"):
         with contextlib.suppress(ImportError):
             found.append(f"{module} {__import__(module).__version__}")
-    threads = os.environ.get("OPENBLAS_NUM_THREADS", "default")
+    # Which kernels each library runs: OpenBLAS's may be pinned by OPENBLAS_CORETYPE (to AVX2
+    # on the machine behind the README's figures), PyTorch's pick their own.
+    kernels = (f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'default')}, "
+               f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', 'detected')}")
     with contextlib.suppress(ImportError):
-        threads += f", torch threads {__import__('torch').get_num_threads()}"
-    return ", ".join(found) + f"; {os.cpu_count()} CPUs, OPENBLAS_NUM_THREADS={threads}"
+        torch = __import__("torch")
+        kernels += (f", torch threads {torch.get_num_threads()} "
+                    f"({torch.backends.cpu.get_cpu_capability()})")
+    return ", ".join(found) + f"; {os.cpu_count()} CPUs, {kernels}"
 
 
 def main() -> None:
