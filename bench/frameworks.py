@@ -53,7 +53,7 @@ def ours(data: Data, hidden: list[int], epochs: int, seed: int,
                                  epochs=epochs, processes=processes)
     init_rng, *rngs = np.random.default_rng(seed).spawn(3)
     params = network.init_params(sizes, "he", init_rng)
-    steps = math.ceil(len(data["x_train"]) / BATCH)
+    steps = training.steps_per_epoch(config, len(data["x_train"]))
     pixels = training.compact_pixels(data["x_train"])  # once per run, as the train stage does
     seconds = []
     # Starting the second process is one-off work too: the context waits until it is ready.

@@ -232,9 +232,10 @@ def two_processes(make_runner: MakeRunner, params: np.ndarray, sizes: list[int],
     # hidden layer, from one each where each computes its own units.
     dropout_rngs = (noise_rng, noise_rng) if split.by == "inputs" else noise_rng.spawn(2)
     parts = halves(params, sizes, split)
-    xs = [x[:, half] for half in split.halves] if split.by == "inputs" else [x, x]
-    shared_x0, shared_x1 = ((share(context, xs[0]), share(context, xs[1]))
-                            if split.by == "inputs" else (share(context, x),) * 2)
+    if split.by == "inputs":
+        shared_x0, shared_x1 = (share(context, x[:, half]) for half in split.halves)
+    else:
+        shared_x0 = shared_x1 = share(context, x)
     shared_y, second_part, counters, exchange = (share(context, array) for array in (
         y, parts[1], np.zeros(ABORT + 1, np.int64),
         np.zeros((2, 2, batch, sizes[split.layer + 1]), np.float32)))

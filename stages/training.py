@@ -202,11 +202,16 @@ def epoch_runner(config: Train, lr_at: Callable[[int], float], params: np.ndarra
                                              first_step, rngs, bar, combine)
 
 
-def learning_rate_at(config: Train, steps_per_epoch: int, step: int) -> float:
+def steps_per_epoch(config: Train, rows: int) -> int:
+    """Batches in an epoch over `rows` examples, the last one shorter if need be."""
+    return math.ceil(rows / min(config.batch_size, rows))
+
+
+def learning_rate_at(config: Train, epoch_steps: int, step: int) -> float:
     return optim.learning_rate(config.lr_schedule, config.lr, config.lr_min, step,
-                               steps_per_epoch * config.epochs, step // steps_per_epoch,
+                               epoch_steps * config.epochs, step // epoch_steps,
                                config.lr_step_epochs, config.lr_step_factor,
-                               config.lr_warmup_epochs * steps_per_epoch)
+                               config.lr_warmup_epochs * epoch_steps)
 
 
 def scores(params: np.ndarray, sizes: list[int], activation: str,
@@ -238,9 +243,9 @@ def runner(params: np.ndarray, sizes: list[int], x: np.ndarray, y: np.ndarray, c
     """A context giving run(first_step, bar): epochs of training `params` in place on (x, y),
     in this process alone or (config.processes 2) split with a second one. `rngs` draw the
     batch order, then shifts and dropout masks."""
-    steps_per_epoch = math.ceil(len(x) / min(config.batch_size, len(x)))
+    steps = steps_per_epoch(config, len(x))
     # A partial of a module's function, unlike a closure, can go to a second process.
-    make_runner = partial(epoch_runner, config, partial(learning_rate_at, config, steps_per_epoch))
+    make_runner = partial(epoch_runner, config, partial(learning_rate_at, config, steps))
     if config.processes == 2:
         return split.two_processes(make_runner, params, sizes, x, y,
                                    min(config.batch_size, len(x)), config.shift, rngs)
@@ -254,7 +259,7 @@ def _epochs(run: EpochRunner, params: np.ndarray, sizes: list[int],
             config: Train, log: Callable[[str], None], progress: bool,
             ) -> list[dict[str, float]]:
     x, y = train_set
-    steps_per_epoch = math.ceil(len(x) / min(config.batch_size, len(x)))
+    steps = steps_per_epoch(config, len(x))
     train_view = (x[:TRAIN_SCORE_ROWS], y[:TRAIN_SCORE_ROWS])
     best, best_acc, best_epoch = np.empty_like(params), -1.0, 0
     history = []
@@ -262,7 +267,7 @@ def _epochs(run: EpochRunner, params: np.ndarray, sizes: list[int],
         bar = Bar(f"epoch {epoch}/{config.epochs}", len(x)) if progress else None
         # A diverging run overflows; the finiteness check below reports that in one line.
         with np.errstate(over="ignore", invalid="ignore"):
-            lr = run((epoch - 1) * steps_per_epoch, bar)
+            lr = run((epoch - 1) * steps, bar)
             train_loss, train_acc = scores(params, sizes, config.activation, train_view)
             val_loss, val_acc = scores(params, sizes, config.activation, val_set)
         if bar:
