@@ -11,12 +11,14 @@ machine that changes speed midway slows all alike. PyTorch runs twice: batches i
 shuffled permutation, the leanest loop, and batches from a DataLoader, as its tutorials write
 it. Ours runs twice too: in one process, and with train.processes 2, its hidden units split
 between two processes. An epoch's time leaves out one-off work: our conversion of the images
-to uint8 codes and start of the second process, and scikit-learn's check of the input for NaN,
-which partial_fit would otherwise repeat every epoch. The table gives each trainer's median
-seconds per epoch, its ratio to the faster of ours, and its median test accuracy over the
-repeats. "GEMM ceiling" times only the bare matrix products of
-the same forward and backward passes: no trainer can beat it. Peers missing from the
-environment are skipped (install them with the `bench` extra).
+to uint8 codes, the reordering of their pixels and the start of the second process, and
+scikit-learn's check of the input for NaN, which partial_fit would otherwise repeat every
+epoch. The table gives each trainer's median seconds per epoch, its ratio to the faster of
+ours, and its median test accuracy over the repeats. "GEMM ceiling" times only the bare matrix
+products of the same forward and backward passes over all 784 pixels: no trainer that
+multiplies them all can beat it. Ours leaves out each batch's trailing pixels that are zero in
+all its images, in an order that makes them many (training.zero_tails), so it can. Peers
+missing from the environment are skipped (install them with the `bench` extra).
 """
 
 import argparse

@@ -9,6 +9,10 @@ operations, and weight decay touches the weights alone as one contiguous slice.
 
 Training keeps, per hidden layer, its output a and its slope da/dz (dropout's mask folded in):
 with those, backprop is two matrix products per layer, as in Nielsen's network2.
+
+In training, an input narrower than W1 has rows (k, say) that stand for the whole input's, its
+other columns being zero: W1's first k rows are the only ones it uses or changes, the others
+would only add zeros to the products (and get a gradient of zero).
 """
 
 import math
@@ -160,7 +164,8 @@ def forward(
     outputs, slopes = [x], []
     rows = len(x)
     for layer, (w, b) in enumerate(zip(weights, biases, strict=True)):
-        z = np.matmul(outputs[-1], w, out=out[0][layer][:rows] if out else None)
+        used = w[: x.shape[1]] if layer == 0 else w  # x may be narrower (module docstring)
+        z = np.matmul(outputs[-1], used, out=out[0][layer][:rows] if out else None)
         if combine and combine[0] == layer:
             z = combine[1](z, b)
         else:
@@ -235,7 +240,10 @@ def backward(
             below = np.matmul(delta, weights[layer].T,
                               out=deltas[layer - 1][:rows] if deltas else None)
             below *= slopes[layer - 1]
-        blas.matmul_tn(outputs[layer], delta, grad_w[layer], keep)
+        width = outputs[layer].shape[1]  # narrower than grad_w[layer] for a narrower x
+        blas.matmul_tn(outputs[layer], delta, grad_w[layer][:width], keep)
+        if width < len(grad_w[layer]):
+            _unused_rows(grad_w[layer][width:], shrink)
         # The bias gradient is delta's column sums: as a product with ones, one BLAS call
         # that takes a third of np.add.reduce's time at these sizes.
         if shrink is None:
@@ -243,6 +251,15 @@ def backward(
         else:
             grad_b[layer] += np.dot(ones, delta)
         delta = below
+
+
+def _unused_rows(rows: np.ndarray, shrink: float | None) -> None:
+    """The gradient of W1's rows for inputs that are all zero: zero, or added to weights
+    scaled by shrink, with the rounding blas.matmul_tn gives that."""
+    if shrink is None:
+        rows[...] = 0
+    elif shrink != 1.0:
+        rows *= shrink
 
 
 def add_weight_decay(grad: np.ndarray, params: np.ndarray, sizes: list[int], l2: float,

@@ -11,9 +11,10 @@ Two ways to halve W1, by what each process takes:
   rows of W2 and its entries of b1. Each gathers the whole batch; they swap their parts of the
   logits (the units' a @ W2, batch x classes). Each draws its own units' dropout masks.
 - "inputs", for narrower layers: half the pixels, that is its rows of W1. Each gathers only its
-  half of the batch's pixels (the gather is a fifth of a 784-10-10 step); they swap their parts
-  of the hidden layer's input (the pixels' x @ W1, batch x units), and both then compute the
-  rest of the network alike. Shifts move pixels between the halves, so they need "units".
+  half of the batch's pixels (the gather is a fifth of a 784-10-10 step), dealt to it by
+  training.zero_tails so that both halves trim alike; they swap their parts of the hidden
+  layer's input (the pixels' x @ W1, batch x units), and both then compute the rest of the
+  network alike. Shifts move pixels between the halves, so they need "units".
 
 Both processes add part 0, part 1 and the bias, to the same bits, so every array both hold (b2;
 with "inputs" also b1, W2 and the dropout masks, drawn from one stream) stays the same in both

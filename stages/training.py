@@ -3,7 +3,7 @@ validation every epoch, early stopping and a divergence guard."""
 
 import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 
@@ -22,9 +22,10 @@ CHECK_ROWS = 1_000  # compact_pixels checks this many rows at a time: ~10 MB of 
 @dataclass
 class Buffers:
     """Every array a step writes, allocated once for a full batch; shorter batches use the
-    leading rows. Beyond these a step makes small temporaries only (a row, a column, a
-    product too small for blas.matmul_tn's BLAS path), except a batch-sized one each for
-    leaky_relu and shift, and plain SGD's weight-sized products where NumPy has no OpenBLAS."""
+    leading rows, a batch trimmed to fewer pixels (see gather) x's leading entries. Beyond
+    these a step makes small temporaries only (a row, a column, a product too small for
+    blas.matmul_tn's BLAS path), except a batch-sized one each for leaky_relu and shift, and
+    plain SGD's weight-sized products where NumPy has no OpenBLAS."""
 
     codes: np.ndarray  # the batch's uint8 pixel codes, when gathered from those
     x: np.ndarray
@@ -77,16 +78,44 @@ def compact_pixels(x: np.ndarray) -> np.ndarray:
     return codes
 
 
-def gather(x: np.ndarray, y: np.ndarray, rows: np.ndarray,
-           buffers: Buffers) -> tuple[np.ndarray, np.ndarray]:
-    """The batch of `rows` as float32 rows in the buffers; x may be compact_pixels' codes."""
+def trims(config: Train, x: np.ndarray) -> bool:
+    """Whether batches of x are trimmed to the pixels they use (see zero_tails): for
+    compact_pixels' codes, unless shifts move pixels into places the trim left out."""
+    return x.dtype == np.uint8 and not config.shift
+
+
+def zero_tails(codes: np.ndarray, parts: int) -> np.ndarray:
+    """An order of the columns of `codes` that leaves a long run of zeros at the end of most
+    rows: most often nonzero first (MNIST's batches of 64 then end after 610 of 784 pixels on
+    average). With parts 2, the columns go alternately to two halves, each in that order."""
+    by_use = np.argsort(-np.count_nonzero(codes, axis=0), kind="stable")
+    return np.concatenate([by_use[part::parts] for part in range(parts)])
+
+
+def row_ends(codes: np.ndarray) -> np.ndarray:
+    """Per row, 1 + the index of its last nonzero column: 0 for a row of zeros."""
+    ends = np.empty(len(codes), np.intp)
+    for start in range(0, len(codes), CHECK_ROWS):
+        used = codes[start : start + CHECK_ROWS, ::-1] != 0
+        ends[start : start + CHECK_ROWS] = np.where(used.any(axis=1),
+                                                    codes.shape[1] - used.argmax(axis=1), 0)
+    return ends
+
+
+def gather(x: np.ndarray, y: np.ndarray, rows: np.ndarray, buffers: Buffers,
+           width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The batch of `rows` as float32 rows in the buffers; x may be compact_pixels' codes.
+    Codes can be trimmed to their leading `width` columns, where the rows' others are all
+    zero: a narrower input the network takes for the whole (see network)."""
     n = len(rows)
     # mode="clip" lets take() write straight into the buffer (rows are in range).
     yb = y.take(rows, axis=0, out=buffers.y[:n], mode="clip")
     if x.dtype != np.uint8:
         return x.take(rows, axis=0, out=buffers.x[:n], mode="clip"), yb
     codes = x.take(rows, axis=0, out=buffers.codes[:n], mode="clip")
-    return scale_pixels(codes, out=buffers.x[:n]), yb
+    width = x.shape[1] if width is None else width
+    xb = buffers.x.reshape(-1)[: n * width].reshape(n, width)  # contiguous, as BLAS likes
+    return scale_pixels(codes[:, :width], out=xb), yb
 
 
 def draw_masks(masks: list[np.ndarray], rows: int, dropout: float,
@@ -147,25 +176,30 @@ def run_epoch(
     params: np.ndarray, sizes: list[int], x: np.ndarray, y: np.ndarray, config: Train,
     buffers: Buffers, state: optim.State, lr_at: Callable[[int], float], first_step: int,
     rngs: tuple[np.random.Generator, np.random.Generator, np.random.Generator],
-    bar: Bar | None = None, combine: Combine = None,
+    bar: Bar | None = None, combine: Combine = None, ends: np.ndarray | None = None,
 ) -> float:
     """One pass over (x, y) in a fresh random order, updating `params` in place; returns the
     last learning rate used. Step numbers start at `first_step`, for the schedule. x holds
     float32 rows or, from compact_pixels, their uint8 codes (always gathered in a shuffled
     order, even into one batch of the whole set). `rngs` draw the batch order, the shifts and
-    the dropout masks; the last two may be one stream."""
+    the dropout masks; the last two may be one stream. With codes, `ends` (row_ends) trims
+    each batch to the columns its rows use."""
     shuffle_rng, shift_rng, dropout_rng = rngs
     batch = min(config.batch_size, len(x))
     # One batch covering the set needs no gather: its order changes nothing.
     whole = batch == len(x) and not config.shift and x.dtype != np.uint8
     order = None if whole else shuffle_rng.permutation(len(x))
+    # Each batch's width: where its widest row ends (ends come with codes, never whole).
+    widths = (None if ends is None
+              else np.maximum.reduceat(ends.take(order), np.arange(0, len(x), batch)))
     weights, biases = network.layer_views(params, sizes)
     lr = config.lr
     for step, start in enumerate(range(0, len(x), batch)):
         if whole:
             xb, yb = x, y
         else:
-            xb, yb = gather(x, y, order[start : start + batch], buffers)
+            xb, yb = gather(x, y, order[start : start + batch], buffers,
+                            None if widths is None else int(widths[step]))
         if config.shift:
             augment.shift(xb, config.shift, shift_rng)
         if config.dropout:
@@ -198,8 +232,9 @@ def epoch_runner(config: Train, lr_at: Callable[[int], float], params: np.ndarra
     buffers = make_buffers(sizes, min(config.batch_size, len(x)), config.dropout,
                            config.weight_decay, with_gradient=config.optimizer != "sgd")
     state = optim.init_state(config.optimizer, len(params))
+    ends = row_ends(x) if trims(config, x) else None
     return lambda first_step, bar: run_epoch(params, sizes, x, y, config, buffers, state, lr_at,
-                                             first_step, rngs, bar, combine)
+                                             first_step, rngs, bar, combine, ends)
 
 
 def steps_per_epoch(config: Train, rows: int) -> int:
@@ -237,12 +272,47 @@ def train(
         return _epochs(run, params, sizes, train_set, val_set, config, log, progress)
 
 
+@contextlib.contextmanager
 def runner(params: np.ndarray, sizes: list[int], x: np.ndarray, y: np.ndarray, config: Train,
            rngs: tuple[np.random.Generator, np.random.Generator],
-           ) -> contextlib.AbstractContextManager[EpochRunner]:
+           ) -> Iterator[EpochRunner]:
     """A context giving run(first_step, bar): epochs of training `params` in place on (x, y),
     in this process alone or (config.processes 2) split with a second one. `rngs` draw the
-    batch order, then shifts and dropout masks."""
+    batch order, then shifts and dropout masks. Where batches are trimmed (see trims), the
+    training works on x's columns in zero_tails' order, and on W1's rows in the same order;
+    `params` gets the network in its own order after every epoch."""
+    columns = None
+    if trims(config, x):
+        by_inputs = config.processes == 2 and split.plan(sizes, config.shift).by == "inputs"
+        columns = zero_tails(x, 2 if by_inputs else 1)
+        x = x.take(columns, axis=1)  # C-ordered, unlike x[:, columns]: take() needs that
+    work = params if columns is None else inputs_reordered(params, sizes, columns)
+    with _runner(work, sizes, x, y, config, rngs) as run:
+        if columns is None:
+            yield run
+            return
+
+        def epoch(first_step: int, bar: Bar | None) -> float:
+            lr = run(first_step, bar)
+            params[...] = work
+            network.layer_views(params, sizes)[0][0][columns] = (
+                network.layer_views(work, sizes)[0][0])
+            return lr
+
+        yield epoch
+
+
+def inputs_reordered(params: np.ndarray, sizes: list[int], columns: np.ndarray) -> np.ndarray:
+    """A copy of `params` whose W1 has its rows, one per input, in the order `columns`."""
+    work = params.copy()
+    w1 = network.layer_views(work, sizes)[0][0]
+    w1[...] = w1[columns]
+    return work
+
+
+def _runner(params: np.ndarray, sizes: list[int], x: np.ndarray, y: np.ndarray,
+            config: Train, rngs: tuple[np.random.Generator, np.random.Generator],
+            ) -> contextlib.AbstractContextManager[EpochRunner]:
     steps = steps_per_epoch(config, len(x))
     # A partial of a module's function, unlike a closure, can go to a second process.
     make_runner = partial(epoch_runner, config, partial(learning_rate_at, config, steps))

@@ -10,7 +10,7 @@ from functools import partial
 import numpy as np
 import pytest
 from test_stage_commands import TRAIN_ARGS, project, run_stage, set_param  # noqa: F401
-from test_training import config, digit_like_set, fit, separable_set
+from test_training import config, digit_like_set, fit, inked_digit_set, separable_set
 
 from stages import blas, network, split, training
 from stages.errors import PipelineError
@@ -100,8 +100,9 @@ def test_waiting_stops_when_the_other_process_has(counters_say):
 ])
 def test_split_training_follows_one_process_training(optimizer, by, change):
     # The same steps up to the order of the sums, with weight decay, which each process
-    # applies to its own weights (and both to those they share).
-    _, x, y = digit_like_set(n=96)
+    # applies to its own weights (and both to those they share). Each trims its batches (by
+    # inputs, to its own half's columns).
+    x, y = inked_digit_set(n=96)
     cfg = config(optimizer=optimizer, lr=0.01 if optimizer == "adam" else 0.1, epochs=2,
                  batch_size=16, weight_decay=1e-3, **change)
     assert split.plan([784, 7, 4], cfg.shift).by == by

@@ -216,9 +216,9 @@ def test_dropout_and_shift_draw_from_their_own_stream_not_the_batch_order(monkey
     orders = []
     real_gather = training.gather
 
-    def recording_gather(x, y, rows, buffers):
+    def recording_gather(x, y, rows, buffers, width=None):
         orders[-1].append(rows.copy())
-        return real_gather(x, y, rows, buffers)
+        return real_gather(x, y, rows, buffers, width)
 
     monkeypatch.setattr(training, "gather", recording_gather)
     x = np.random.default_rng(0).random((100, 784), np.float32)  # 28x28 images, for shift
@@ -311,3 +311,86 @@ def test_buffers_for_plain_sgd_hold_no_gradient():
     weights, biases = network.layer_views(params, sizes)
     with pytest.raises(ValueError, match="gradient\\(\\) needs buffers made with_gradient"):
         training.gradient(weights, biases, x, y, "relu", buffers)
+
+
+def inked_digit_set(n=120, seed=0):
+    """uint8 "images" as preprocess writes them, each inked only within a random box (a tenth
+    blank): the columns a batch uses vary, and many are zero in all."""
+    rng = np.random.default_rng(seed)
+    images = np.zeros((n, 28, 28), np.uint8)
+    for image in images[n // 10 :]:
+        top, left = rng.integers(0, 20, 2)
+        height, width = rng.integers(1, 9, 2)
+        image[top : top + height, left : left + width] = rng.integers(
+            1, 256, (height, width), dtype=np.uint8)
+    labels = rng.integers(0, 4, n)
+    return dataset.normalise(images), np.eye(4, dtype=np.float32)[labels]
+
+
+def test_zero_tails_put_the_most_used_columns_first_dealt_to_each_part():
+    used = np.array([[0, 1, 0, 1, 1], [0, 1, 0, 1, 1], [1, 1, 0, 1, 0]], np.uint8) * 9
+    # Columns used 1, 3, 0, 3 and 2 times: 1 and 3 (in that order), 4, 0, then 2.
+    np.testing.assert_array_equal(training.zero_tails(used, 1), [1, 3, 4, 0, 2])
+    np.testing.assert_array_equal(training.zero_tails(used, 2), [1, 4, 2, 3, 0])
+
+
+def test_row_ends_are_one_past_each_rows_last_nonzero_column(monkeypatch):
+    monkeypatch.setattr(training, "CHECK_ROWS", 2)  # two chunks
+    codes = np.array([[0, 0, 0], [5, 0, 0], [0, 0, 7], [1, 2, 0]], np.uint8)
+    np.testing.assert_array_equal(training.row_ends(codes), [0, 1, 3, 2])
+
+
+@pytest.mark.parametrize("width", [0, 3, 784])
+def test_a_trimmed_batch_is_the_leading_columns_of_its_rows(width):
+    x, y = inked_digit_set()
+    codes = training.compact_pixels(x)
+    buffers = training.make_buffers([784, 5, 4], 8, 0.0, 0.0)
+    rows = np.array([7, 3, 99])
+    xb, yb = training.gather(codes, y, rows, buffers, width)
+    assert xb.shape == (3, width)
+    assert xb.flags.c_contiguous
+    assert np.shares_memory(xb, buffers.x) or width == 0
+    np.testing.assert_array_equal(xb, x[rows, :width])
+    np.testing.assert_array_equal(yb, y[rows])
+
+
+@pytest.mark.parametrize(("optimizer", "decay"), [("sgd", 0.0), ("sgd", 1e-3),
+                                                  ("nesterov", 1e-3)])
+def test_trimmed_batches_train_the_model_untrimmed_ones_do(monkeypatch, optimizer, decay):
+    x, y = inked_digit_set()
+    sizes = [784, 32, 4]  # W1 large enough for blas.matmul_tn's BLAS path
+    cfg = config(optimizer=optimizer, weight_decay=decay, epochs=2, batch_size=16)
+    widths = []
+    real_gather = training.gather
+
+    def recording_gather(x, y, rows, buffers, width=None):
+        widths.append(width)
+        return real_gather(x, y, rows, buffers, width)
+
+    monkeypatch.setattr(training, "gather", recording_gather)
+    trimmed, again = fit(sizes, cfg, (x, y), (x, y))[0], fit(sizes, cfg, (x, y), (x, y))[0]
+    assert trimmed.tobytes() == again.tobytes()
+    assert all(width < 784 for width in widths)
+    assert len(set(widths)) > 3
+    monkeypatch.setattr(training, "trims", lambda config, x: False)
+    widths.clear()
+    untrimmed, _ = fit(sizes, cfg, (x, y), (x, y))
+    assert set(widths) == {None}
+    # The same model in the same order, up to the order of the products' sums; exactly the
+    # same for pixels no image uses.
+    np.testing.assert_allclose(trimmed, untrimmed, rtol=1e-5, atol=1e-6)
+    unused = ~(x != 0).any(axis=0)
+    assert unused.sum() > 100
+    w1 = [network.layer_views(params, sizes)[0][0] for params in (trimmed, untrimmed)]
+    np.testing.assert_array_equal(w1[0][unused], w1[1][unused])
+    init_w1 = network.layer_views(network.init_params(sizes, "he", np.random.default_rng(0)),
+                                  sizes)[0][0]
+    assert np.array_equal(w1[0][unused], init_w1[unused]) == (decay == 0)
+
+
+def test_batches_are_trimmed_for_pixel_codes_without_shifts():
+    x, _ = inked_digit_set()
+    codes = training.compact_pixels(x)
+    assert training.trims(PLAIN, codes)
+    assert not training.trims(config(shift=1), codes)
+    assert not training.trims(PLAIN, x)
