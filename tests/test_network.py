@@ -230,15 +230,16 @@ def test_backward_with_shrink_takes_the_sgd_step_in_place():
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("shrink", [None, 1.0, 0.97])
-def test_a_narrower_input_stands_for_one_whose_other_columns_are_zero(dtype, shrink):
+@pytest.mark.parametrize("width", [4, 0])  # 0: a batch of blank images
+def test_a_narrower_input_stands_for_one_whose_other_columns_are_zero(dtype, shrink, width):
     sizes = [6, 5, 3]
     params, x, targets = tiny_problem(sizes, batch=7)
     params, x, targets = params.astype(dtype), x.astype(dtype), targets.astype(dtype)
     padded = np.zeros_like(x)
-    padded[:, :4] = x[:, :4]
+    padded[:, :width] = x[:, :width]
     weights, biases = network.layer_views(params, sizes)
     grads = []
-    for inputs in (x[:, :4], padded):
+    for inputs in (x[:, :width], padded):
         outputs, slopes = network.forward(weights, biases, inputs, "relu")
         delta = network.output_delta(outputs[-1], targets, scale=-0.1)
         grad = params.copy() if shrink else np.full_like(params, np.nan)  # where it adds
@@ -248,11 +249,11 @@ def test_a_narrower_input_stands_for_one_whose_other_columns_are_zero(dtype, shr
     (narrow_logits, narrow), (logits, full) = grads
     np.testing.assert_allclose(narrow_logits, logits, rtol=1e-6)
     np.testing.assert_allclose(narrow, full, rtol=1e-6, atol=1e-7)
-    unused = network.layer_views(narrow, sizes)[0][0][4:]
+    unused = network.layer_views(narrow, sizes)[0][0][width:]
     want = (0.0 if shrink is None
-            else network.layer_views(params, sizes)[0][0][4:] * dtype(shrink))
+            else network.layer_views(params, sizes)[0][0][width:] * dtype(shrink))
     np.testing.assert_array_equal(unused, want)
-    np.testing.assert_array_equal(unused, network.layer_views(full, sizes)[0][0][4:])
+    np.testing.assert_array_equal(unused, network.layer_views(full, sizes)[0][0][width:])
 
 
 def test_chunked_logits_equal_one_pass():
