@@ -10,9 +10,9 @@ operations, and weight decay touches the weights alone as one contiguous slice.
 Training keeps, per hidden layer, its output a and its slope da/dz (dropout's mask folded in):
 with those, backprop is two matrix products per layer, as in Nielsen's network2.
 
-In training, an input narrower than W1 has rows (k, say) that stand for the whole input's, its
-other columns being zero: W1's first k rows are the only ones it uses or changes, the others
-would only add zeros to the products (and get a gradient of zero).
+In training, x may have fewer columns (k) than W1 has rows: it stands for x padded with
+columns of zeros. Only W1[:k] enters the products; the other rows get a gradient of zero
+(or, in the SGD step taken in place, are only shrunk by weight decay).
 """
 
 import math

@@ -16,7 +16,7 @@ from stages.progress import Bar
 from stages.splits import PIXEL_SCALE, scale_pixels
 
 TRAIN_SCORE_ROWS = 10_000  # the training curve is scored on this many leading rows
-CHECK_ROWS = 1_000  # compact_pixels checks this many rows at a time: ~10 MB of temporaries
+CHECK_ROWS = 1_000  # passes over all the images take this many at a time: ~10 MB of temporaries
 
 
 @dataclass
@@ -80,7 +80,8 @@ def compact_pixels(x: np.ndarray) -> np.ndarray:
 
 def trims(config: Train, x: np.ndarray) -> bool:
     """Whether batches of x are trimmed to the pixels they use (see zero_tails): for
-    compact_pixels' codes, unless shifts move pixels into places the trim left out."""
+    compact_pixels' codes, unless shifts, which need the pixels in the image's order and move
+    ink into places a trim would leave out."""
     return x.dtype == np.uint8 and not config.shift
 
 
@@ -88,8 +89,18 @@ def zero_tails(codes: np.ndarray, parts: int) -> np.ndarray:
     """An order of the columns of `codes` that leaves a long run of zeros at the end of most
     rows: most often nonzero first (MNIST's batches of 64 then end after 610 of 784 pixels on
     average). With parts 2, the columns go alternately to two halves, each in that order."""
-    by_use = np.argsort(-np.count_nonzero(codes, axis=0), kind="stable")
+    counts = np.zeros(codes.shape[1], np.intp)
+    for start in range(0, len(codes), CHECK_ROWS):
+        counts += np.count_nonzero(codes[start : start + CHECK_ROWS], axis=0)
+    by_use = np.argsort(-counts, kind="stable")
     return np.concatenate([by_use[part::parts] for part in range(parts)])
+
+
+def reorder_columns(codes: np.ndarray, columns: np.ndarray) -> None:
+    """codes = codes[:, columns], in place: a copy would hold the images twice."""
+    for start in range(0, len(codes), CHECK_ROWS):
+        block = codes[start : start + CHECK_ROWS]
+        block[...] = block.take(columns, axis=1)
 
 
 def row_ends(codes: np.ndarray) -> np.ndarray:
@@ -279,13 +290,14 @@ def runner(params: np.ndarray, sizes: list[int], x: np.ndarray, y: np.ndarray, c
     """A context giving run(first_step, bar): epochs of training `params` in place on (x, y),
     in this process alone or (config.processes 2) split with a second one. `rngs` draw the
     batch order, then shifts and dropout masks. Where batches are trimmed (see trims), the
-    training works on x's columns in zero_tails' order, and on W1's rows in the same order;
-    `params` gets the network in its own order after every epoch."""
+    training works on x's columns in zero_tails' order, which it puts them in, in place (x
+    is the runner's own), and on a copy of the network with W1's rows in the same order;
+    `params` gets the network back in its own order after every epoch."""
     columns = None
     if trims(config, x):
         by_inputs = config.processes == 2 and split.plan(sizes, config.shift).by == "inputs"
         columns = zero_tails(x, 2 if by_inputs else 1)
-        x = x.take(columns, axis=1)  # C-ordered, unlike x[:, columns]: take() needs that
+        reorder_columns(x, columns)
     work = params if columns is None else inputs_reordered(params, sizes, columns)
     with _runner(work, sizes, x, y, config, rngs) as run:
         if columns is None:
@@ -294,9 +306,7 @@ def runner(params: np.ndarray, sizes: list[int], x: np.ndarray, y: np.ndarray, c
 
         def epoch(first_step: int, bar: Bar | None) -> float:
             lr = run(first_step, bar)
-            params[...] = work
-            network.layer_views(params, sizes)[0][0][columns] = (
-                network.layer_views(work, sizes)[0][0])
+            inputs_restored(params, work, sizes, columns)
             return lr
 
         yield epoch
@@ -308,6 +318,13 @@ def inputs_reordered(params: np.ndarray, sizes: list[int], columns: np.ndarray) 
     w1 = network.layer_views(work, sizes)[0][0]
     w1[...] = w1[columns]
     return work
+
+
+def inputs_restored(params: np.ndarray, work: np.ndarray, sizes: list[int],
+                    columns: np.ndarray) -> None:
+    """params = work, from inputs_reordered, with W1's rows put back in their own order."""
+    params[...] = work
+    network.layer_views(params, sizes)[0][0][columns] = network.layer_views(work, sizes)[0][0]
 
 
 def _runner(params: np.ndarray, sizes: list[int], x: np.ndarray, y: np.ndarray,

@@ -96,15 +96,18 @@ def test_waiting_stops_when_the_other_process_has(counters_say):
 @pytest.mark.parametrize("optimizer", ["sgd", "nesterov", "adam"])
 @pytest.mark.parametrize(("by", "change"), [
     ("units", {"shift": 2}),  # which both processes must draw alike
+    ("units", {}),  # each trimming its batches
     ("inputs", {"dropout": 0.3}),  # whose masks both must draw alike
 ])
-def test_split_training_follows_one_process_training(optimizer, by, change):
+def test_split_training_follows_one_process_training(monkeypatch, optimizer, by, change):
     # The same steps up to the order of the sums, with weight decay, which each process
     # applies to its own weights (and both to those they share). Each trims its batches (by
     # inputs, to its own half's columns).
     x, y = inked_digit_set(n=96)
     cfg = config(optimizer=optimizer, lr=0.01 if optimizer == "adam" else 0.1, epochs=2,
                  batch_size=16, weight_decay=1e-3, **change)
+    if by == "units":
+        monkeypatch.setattr(split, "UNITS_FROM", 4)  # the plan is made in this process
     assert split.plan([784, 7, 4], cfg.shift).by == by
     alone, history = fit([784, 7, 4], cfg, (x, y), (x, y))
     both, split_history = fit([784, 7, 4], dataclasses.replace(cfg, processes=2), (x, y), (x, y))

@@ -327,11 +327,22 @@ def inked_digit_set(n=120, seed=0):
     return dataset.normalise(images), np.eye(4, dtype=np.float32)[labels]
 
 
-def test_zero_tails_put_the_most_used_columns_first_dealt_to_each_part():
+def test_zero_tails_put_the_most_used_columns_first_dealt_to_each_part(monkeypatch):
+    monkeypatch.setattr(training, "CHECK_ROWS", 2)  # counted in two blocks of rows
     used = np.array([[0, 1, 0, 1, 1], [0, 1, 0, 1, 1], [1, 1, 0, 1, 0]], np.uint8) * 9
     # Columns used 1, 3, 0, 3 and 2 times: 1 and 3 (in that order), 4, 0, then 2.
     np.testing.assert_array_equal(training.zero_tails(used, 1), [1, 3, 4, 0, 2])
     np.testing.assert_array_equal(training.zero_tails(used, 2), [1, 4, 2, 3, 0])
+
+
+def test_columns_are_reordered_in_place_a_block_of_rows_at_a_time(monkeypatch):
+    monkeypatch.setattr(training, "CHECK_ROWS", 2)
+    codes = np.arange(15, dtype=np.uint8).reshape(5, 3)
+    want = codes[:, [2, 0, 1]]
+    memory = codes.ctypes.data
+    training.reorder_columns(codes, np.array([2, 0, 1]))
+    np.testing.assert_array_equal(codes, want)
+    assert codes.ctypes.data == memory
 
 
 def test_row_ends_are_one_past_each_rows_last_nonzero_column(monkeypatch):
@@ -354,12 +365,15 @@ def test_a_trimmed_batch_is_the_leading_columns_of_its_rows(width):
     np.testing.assert_array_equal(yb, y[rows])
 
 
-@pytest.mark.parametrize(("optimizer", "decay"), [("sgd", 0.0), ("sgd", 1e-3),
-                                                  ("nesterov", 1e-3)])
-def test_trimmed_batches_train_the_model_untrimmed_ones_do(monkeypatch, optimizer, decay):
+@pytest.mark.parametrize(("optimizer", "decay", "patience"), [
+    ("sgd", 0.0, 0), ("sgd", 1e-3, 0), ("nesterov", 1e-3, 3)])
+def test_trimmed_batches_train_the_model_untrimmed_ones_do(monkeypatch, optimizer, decay,
+                                                           patience):
     x, y = inked_digit_set()
+    val = inked_digit_set(seed=1)  # on which, with patience, the second of 3 epochs is kept
     sizes = [784, 32, 4]  # W1 large enough for blas.matmul_tn's BLAS path
-    cfg = config(optimizer=optimizer, weight_decay=decay, epochs=2, batch_size=16)
+    cfg = config(optimizer=optimizer, weight_decay=decay, epochs=3, batch_size=16,
+                 patience=patience)
     widths = []
     real_gather = training.gather
 
@@ -368,14 +382,17 @@ def test_trimmed_batches_train_the_model_untrimmed_ones_do(monkeypatch, optimize
         return real_gather(x, y, rows, buffers, width)
 
     monkeypatch.setattr(training, "gather", recording_gather)
-    trimmed, again = fit(sizes, cfg, (x, y), (x, y))[0], fit(sizes, cfg, (x, y), (x, y))[0]
+    (trimmed, history), again = fit(sizes, cfg, (x, y), val), fit(sizes, cfg, (x, y), val)[0]
     assert trimmed.tobytes() == again.tobytes()
     assert all(width < 784 for width in widths)
     assert len(set(widths)) > 3
     monkeypatch.setattr(training, "trims", lambda config, x: False)
     widths.clear()
-    untrimmed, _ = fit(sizes, cfg, (x, y), (x, y))
+    untrimmed, untrimmed_history = fit(sizes, cfg, (x, y), val)
     assert set(widths) == {None}
+    # Every epoch is scored on the network in its own order.
+    for row, want in zip(history, untrimmed_history, strict=True):
+        assert row == pytest.approx(want, rel=1e-4)
     # The same model in the same order, up to the order of the products' sums; exactly the
     # same for pixels no image uses.
     np.testing.assert_allclose(trimmed, untrimmed, rtol=1e-5, atol=1e-6)
